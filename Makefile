@@ -1,0 +1,39 @@
+# journeymap: `make demo` and `make test` work on a fresh machine with only python3, pip and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DB     := data/out/journeymap.duckdb
+
+.PHONY: demo test lint bench bench-smoke clean venv
+
+# (Re)install when pyproject.toml changes; a half-made venv is rebuilt from scratch.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p data/out
+	@rm -f $(DB) $(DB).wal
+	$(BIN)/journeymap run --input data/sample --config data/sample/journeymap.toml --db $(DB)
+	@echo "database: $(DB)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py --events 1000000
+
+bench-smoke: $(STAMP)
+	$(BIN)/python bench/run.py --events 100000 --smoke
+
+clean:
+	rm -rf data/out bench/cache .pytest_cache .ruff_cache .hypothesis build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,421 @@
+"""The `journeymap` command line: wires the stages together, owns progress and exit codes.
+
+Exit codes: 0 the run completed (quarantined rows are not failures); 2 unusable usage
+(missing file, unknown format, bad config); 3 the database cannot be opened or written;
+4 an internal error (a bug: please report it with the log).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+import polars as pl
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline import __version__, ingest, sessionize, store
+from pipeline.config import Config, load_config
+from pipeline.errors import JourneymapError, UsageError
+
+EXIT_INTERNAL = 4
+FORMAT_CHOICES = ("auto", *ingest.ALL_FORMATS)
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the closing summary and for tests."""
+
+    run_id: int
+    files: list[store.FileCounts] = field(default_factory=list)
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    nulled_fields: dict[str, int] = field(default_factory=dict)
+    n_persons: int = 0
+    n_sessions: int = 0
+    n_bot_sessions: int = 0
+    n_converted_sessions: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_read(self) -> int:
+        return sum(f.n_read for f in self.files)
+
+    @property
+    def n_accepted(self) -> int:
+        return sum(f.n_accepted for f in self.files)
+
+    @property
+    def n_duplicates(self) -> int:
+        return sum(f.n_duplicates for f in self.files)
+
+    @property
+    def n_quarantined(self) -> int:
+        return sum(f.n_quarantined for f in self.files)
+
+
+class _NoProgress:
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+def run_pipeline(
+    inputs: list[str | Path],
+    db: str | Path,
+    cfg: Config,
+    fmt: str | None = None,
+    progress=None,
+    now: datetime | None = None,
+) -> RunSummary:
+    """Ingest `inputs` into `db`, re-sessionise, refresh the marts: one transaction.
+
+    `progress` receives `update(stage, done_bytes, total_bytes, rows)` calls.
+    """
+    progress = progress or _NoProgress()
+    fmt = fmt or cfg.input.format
+    if fmt not in FORMAT_CHOICES:
+        raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(FORMAT_CHOICES)}")
+    paths = ingest.discover_inputs(inputs)
+    started_at = now or datetime.now(UTC)
+    ingested_at = started_at.astimezone(UTC).replace(tzinfo=None)
+    con = store.connect(db)
+    try:
+        store.ensure_schema(con)
+        run_id = store.next_run_id(con)
+        summary = RunSummary(run_id)
+        try:
+            _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, ingested_at)
+        except BaseException as err:
+            store.rollback(con)
+            # The failed run is recorded in its own transaction, so the next run can see it.
+            store.record_run(
+                con,
+                run_id=run_id,
+                started_at=started_at,
+                status="failed",
+                version=__version__,
+                inputs=[str(p) for p in paths],
+                error=f"{type(err).__name__}: {err}"[:2000],
+            )
+            raise
+        return summary
+    finally:
+        con.close()
+
+
+def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, ingested_at):
+    total_bytes = sum(p.stat().st_size for p in paths)
+    done_bytes = 0
+    rows = 0
+    reasons: Counter[str] = Counter()
+    nulled: Counter[str] = Counter()
+    per_file: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    store.begin_load(con)
+    for path in paths:
+        file_fmt = fmt if fmt != "auto" else ingest.detect_format(path)
+        stats = per_file.setdefault(
+            str(path),
+            {"format": file_fmt, "n_bytes": path.stat().st_size, "n_read": 0, "n_quarantined": 0},
+        )
+        for batch in ingest.read_file(path, file_fmt, cfg, ingested_at):
+            store.stage_batch(con, batch.events, batch.quarantine, summary.run_id, ingested_at)
+            stats["n_read"] += batch.n_read
+            stats["n_quarantined"] += batch.quarantine.height
+            reasons.update(dict(batch.quarantine["reason"].value_counts().iter_rows()))
+            nulled.update(dict(batch.field_issues.select("field", "n_rows").iter_rows()))
+            rows += batch.n_read
+            progress.update("ingest", done_bytes, total_bytes, rows)
+        done_bytes += stats["n_bytes"]
+        progress.update("ingest", done_bytes, total_bytes, rows)
+    summary.stage_seconds["ingest"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress.update("dedupe", done_bytes, total_bytes, rows)
+    merged = {
+        r["source"]: r
+        for r in store.merge_events(con, summary.run_id, ingested_at).iter_rows(named=True)
+    }
+    summary.stage_seconds["dedupe"] = time.perf_counter() - t0
+    for source, stats in per_file.items():
+        counts = merged.get(source, {"n_accepted": 0, "n_duplicates": 0})
+        summary.files.append(
+            store.FileCounts(
+                source=source,
+                format=stats["format"],
+                n_bytes=stats["n_bytes"],
+                n_read=stats["n_read"],
+                n_accepted=counts["n_accepted"],
+                n_duplicates=counts["n_duplicates"],
+                n_quarantined=stats["n_quarantined"],
+            )
+        )
+    for f in summary.files:
+        if f.n_read != f.n_accepted + f.n_duplicates + f.n_quarantined:
+            raise RuntimeError(
+                f"row accounting broken for {f.source}: read {f.n_read} != accepted {f.n_accepted}"
+                f" + duplicates {f.n_duplicates} + quarantined {f.n_quarantined}"
+            )
+    summary.quarantined_by_reason = dict(reasons.most_common())
+    summary.nulled_fields = dict(nulled)
+
+    t0 = time.perf_counter()
+    progress.update("sessionise", done_bytes, total_bytes, rows)
+    sessions, steps = sessionize.sessionize(store.read_events(con), cfg)
+    summary.stage_seconds["sessionise"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress.update("store", done_bytes, total_bytes, rows)
+    store.replace_marts(con, sessions, steps)
+    store.create_views(con)
+    human = sessions.filter(~pl.col("is_bot"))
+    summary.n_sessions = sessions.height
+    summary.n_bot_sessions = sessions.height - human.height
+    summary.n_persons = human["person_id"].n_unique()
+    summary.n_converted_sessions = int(human["is_converted"].sum())
+    summary.stage_seconds["store"] = time.perf_counter() - t0
+    store.record_run(
+        con,
+        run_id=summary.run_id,
+        started_at=started_at,
+        status="ok",
+        version=__version__,
+        inputs=[str(p) for p in paths],
+        files=summary.files,
+        quarantined_by_reason=summary.quarantined_by_reason,
+        nulled_fields=summary.nulled_fields,
+        n_persons=summary.n_persons,
+        n_sessions=summary.n_sessions,
+        n_bot_sessions=summary.n_bot_sessions,
+        stage_seconds=summary.stage_seconds,
+    )
+    store.commit(con)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+class _RichProgress:
+    """Progress on stderr: bytes read, rows so far, and the current stage."""
+
+    def __init__(self, console: Console):
+        self._progress = Progress(
+            TextColumn("[bold]{task.description:<11}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TextColumn("{task.fields[rows]:>12,} rows"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("ingest", total=1, rows=0)
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._progress.__exit__(*exc)
+
+    def update(self, stage: str, done: int, total: int, rows: int) -> None:
+        self._progress.update(
+            self._task, description=stage, completed=done, total=max(total, 1), rows=rows
+        )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="journeymap")
+def cli() -> None:
+    """journeymap: customer journeys from raw web logs.
+
+    Ingest access logs, NDJSON events, CSV and Parquet exports; sessionise them; store
+    sessions in one DuckDB file for reports and ad-hoc SQL.
+    """
+
+
+@cli.command()
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    required=True,
+    type=click.Path(path_type=Path),
+    help="A log file or a directory of them (plain or .gz). Repeat for several.",
+)
+@click.option(
+    "--db",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="DuckDB database file to create or update.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="journeymap.toml with input mapping, session, bot and conversion rules.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    default=None,
+    metavar="[" + "|".join(FORMAT_CHOICES) + "]",
+    help="Input format for every file; default: input.format from the config (auto-detect).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+def run(
+    inputs: tuple[Path, ...], db: Path, config_path: Path | None, fmt: str | None, quiet: bool
+) -> None:
+    """Ingest INPUT files into --db, sessionise them and refresh the marts."""
+    cfg = load_config(config_path)
+    if fmt is not None and fmt not in FORMAT_CHOICES:
+        raise UsageError(f"unknown --format {fmt!r}: use one of {', '.join(FORMAT_CHOICES)}")
+    err_console = Console(stderr=True)
+    started = time.perf_counter()
+    if quiet or not err_console.is_terminal:
+        summary = run_pipeline(list(inputs), db, cfg, fmt)
+    else:
+        with _RichProgress(err_console) as progress:
+            summary = run_pipeline(list(inputs), db, cfg, fmt, progress)
+    if not quiet:
+        _print_summary(summary, db, time.perf_counter() - started)
+
+
+def _print_summary(s: RunSummary, db: Path, seconds: float) -> None:
+    console = Console(highlight=False)
+    table = Table(
+        title=f"journeymap run {s.run_id} → {db}", show_header=False, title_justify="left"
+    )
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("rows read", f"{s.n_read:,}")
+    table.add_row("accepted", f"{s.n_accepted:,}")
+    table.add_row("duplicates", f"{s.n_duplicates:,}")
+    table.add_row("quarantined", f"{s.n_quarantined:,}")
+    for reason, n in s.quarantined_by_reason.items():
+        table.add_row(f"  {reason}", f"{n:,}")
+    for fld, n in s.nulled_fields.items():
+        table.add_row(f"nulled {fld} (wrong type)", f"{n:,}")
+    table.add_row("persons", f"{s.n_persons:,}")
+    table.add_row("sessions (human)", f"{s.n_sessions - s.n_bot_sessions:,}")
+    table.add_row("  converted", f"{s.n_converted_sessions:,}")
+    table.add_row("bot sessions", f"{s.n_bot_sessions:,}")
+    table.add_row("files", f"{len(s.files):,}")
+    table.add_row("seconds", f"{seconds:.1f}")
+    console.print(table)
+    if s.n_quarantined:
+        console.print(
+            f"Quarantined rows are in raw.quarantine: journeymap sql is coming; for now "
+            f'`duckdb {db} "from marts.quarantine_by_reason"`.'
+        )
+
+
+@cli.command()
+@click.option(
+    "--events",
+    "n_events",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Number of events to simulate.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Directory to write the sample into.",
+)
+@click.option(
+    "--seed", type=int, default=7, show_default=True, help="Random seed: same seed, same bytes."
+)
+@click.option(
+    "--scheme",
+    type=click.Choice(["en", "nl"]),
+    default="en",
+    show_default=True,
+    help="URL scheme of the simulated shop.",
+)
+@click.option(
+    "--problem",
+    "problems",
+    multiple=True,
+    type=click.Choice(["payment_5xx", "cart_loop", "search_dead_end", "none"]),
+    help="Planted conversion blocker; repeat for several (default: all three; 'none' for none).",
+)
+@click.option(
+    "--conversion",
+    type=click.Choice(["url", "event"]),
+    default="url",
+    show_default=True,
+    help="Conversion marked by an order-confirmation URL or by a purchase event.",
+)
+def sample(
+    n_events: int, out_dir: Path, seed: int, scheme: str, problems: tuple[str, ...], conversion: str
+) -> None:
+    """Write a deterministic e-commerce clickstream in every input format."""
+    from pipeline import sample as sample_mod
+
+    chosen = sample_mod.ALL_PROBLEMS if not problems else tuple(p for p in problems if p != "none")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create --out directory {out_dir}: {err.strerror}") from err
+    manifest = sample_mod.write_sample(
+        out_dir, n_events, seed=seed, url_scheme=scheme, problems=chosen, conversion=conversion
+    )
+    console = Console(highlight=False)
+    size = sum(p.stat().st_size for p in manifest.files)
+    console.print(f"wrote {len(manifest.files)} files ({size / 1e6:.2f} MB) to {out_dir}:")
+    for p in manifest.files:
+        console.print(f"  {p.name}")
+    console.print(
+        f"{manifest.n_events:,} events, {manifest.n_duplicates:,} duplicate and "
+        f"{manifest.n_malformed:,} malformed rows; planted: "
+        + (", ".join(p.kind for p in manifest.problems) or "none")
+    )
+    console.print(
+        f"next: journeymap run --input {out_dir} --config {out_dir / 'journeymap.toml'} --db data/out/journeymap.duckdb"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors, never a traceback for a user's mistake."""
+    try:
+        cli.main(args=argv, prog_name="journeymap", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("journeymap: aborted", err=True)
+        return 130
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "journeymap"
+        click.echo(f"journeymap: error: {exc.format_message()} (see `{command} --help`)", err=True)
+        return 2
+    except JourneymapError as exc:
+        click.echo(f"journeymap: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("journeymap: interrupted; the database is unchanged", err=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug, reported in one line
+        click.echo(
+            f"journeymap: internal error: {type(exc).__name__}: {exc} "
+            "(the database is unchanged; please report this)",
+            err=True,
+        )
+        return EXIT_INTERNAL
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

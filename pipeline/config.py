@@ -1,0 +1,343 @@
+"""Configuration: frozen dataclasses loaded once from `journeymap.toml`.
+
+Every key has a default, so an empty file (or none) is a valid configuration. Unknown keys
+are errors with a "did you mean" hint: a typo in a nightly job's config must not silently fall
+back to a default.
+
+>>> cfg = load_config(None)
+>>> cfg.sessions.timeout_s
+1800
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+# The canonical event columns a CSV/Parquet export can map onto (see schemas.EVENTS).
+MAPPABLE_COLUMNS = (
+    "event_id",
+    "anonymous_id",
+    "user_id",
+    "ts",
+    "event_type",
+    "url",
+    "host",
+    "referrer",
+    "user_agent",
+    "status",
+    "revenue",
+)
+
+FORMATS = ("auto", "combined", "common", "ndjson", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Source column name for each canonical column of a CSV/Parquet export."""
+
+    event_id: str = "event_id"
+    anonymous_id: str = "anonymous_id"
+    user_id: str = "user_id"
+    ts: str = "ts"
+    event_type: str = "event_type"
+    url: str = "url"
+    host: str = "host"
+    referrer: str = "referrer"
+    user_agent: str = "user_agent"
+    status: str = "status"
+    revenue: str = "revenue"
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How raw files are read."""
+
+    format: str = "auto"
+    timezone: str = "UTC"
+    ts_unit: str = "iso"
+    max_line_bytes: int = 65536
+    csv_separator: str = ","
+    columns: ColumnMapping = field(default_factory=ColumnMapping)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """What is never stored."""
+
+    scrub_query_params: tuple[str, ...] = (
+        "email",
+        "e-mail",
+        "mail",
+        "token",
+        "access_token",
+        "id_token",
+        "auth",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "api_key",
+        "apikey",
+        "key",
+        "phone",
+        "tel",
+        "name",
+        "firstname",
+        "lastname",
+        "address",
+        "zip",
+        "postcode",
+        "iban",
+        "card",
+        "sessionid",
+        "sid",
+    )
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """When one session ends and the next begins."""
+
+    timeout_s: int = 1800
+    max_duration_s: int = 86400
+    split_at_midnight: bool = False
+    timezone: str = "UTC"
+    split_on_campaign_change: bool = False
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """Which visitors are robots. Bots are stored but kept out of journeys."""
+
+    user_agent_patterns: tuple[str, ...] = (
+        "bot",
+        "crawl",
+        "spider",
+        "slurp",
+        "scrap",
+        "fetch",
+        "monitor",
+        "headless",
+        "phantomjs",
+        "selenium",
+        "puppeteer",
+        "playwright",
+        "lighthouse",
+        "pingdom",
+        "uptime",
+        "curl/",
+        "wget/",
+        "python-requests",
+        "python-urllib",
+        "aiohttp",
+        "httpx",
+        "go-http-client",
+        "java/",
+        "okhttp",
+        "libwww",
+        "apache-httpclient",
+        "scrapy",
+        "facebookexternalhit",
+    )
+    max_steps_per_minute: int = 60
+    exclude_from_journeys: bool = True
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Which requests are journey steps: static assets and health checks are not."""
+
+    asset_extensions: tuple[str, ...] = (
+        ".js",
+        ".mjs",
+        ".css",
+        ".map",
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".gif",
+        ".svg",
+        ".webp",
+        ".avif",
+        ".ico",
+        ".bmp",
+        ".woff",
+        ".woff2",
+        ".ttf",
+        ".otf",
+        ".eot",
+        ".mp4",
+        ".webm",
+        ".mp3",
+        ".json",
+        ".xml",
+        ".txt",
+        ".pdf",
+        ".zip",
+    )
+    health_check_paths: tuple[str, ...] = (
+        "/health",
+        "/healthz",
+        "/healthcheck",
+        "/ping",
+        "/status",
+        "/ready",
+        "/readyz",
+        "/livez",
+        "/metrics",
+        "/server-status",
+    )
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """Which step makes a session converted: an event type or a URL path pattern (regex)."""
+
+    event_types: tuple[str, ...] = ("purchase", "order_completed", "checkout_completed")
+    url_pattern: str = (
+        r"(?i)^/([a-z]{2}(-[a-z]{2})?/)?"
+        r"(checkout/(success|complete|completed|confirmation|thank-?you)"
+        r"|order[-_/]?(confirmation|confirmed|complete|success|received)"
+        r"|thank-?you|bedankt|bestelling/(bevestiging|voltooid)|afrekenen/bevestiging"
+        r"|bestaetigung|bestellung/bestaetigung|commande/confirmation)"
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    input: InputConfig = field(default_factory=InputConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    sessions: SessionConfig = field(default_factory=SessionConfig)
+    bots: BotConfig = field(default_factory=BotConfig)
+    steps: StepConfig = field(default_factory=StepConfig)
+    conversion: ConversionConfig = field(default_factory=ConversionConfig)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a `journeymap.toml`; `None` gives the defaults.
+
+    Raises `ConfigError` naming the bad key, what was expected and, for a typo, the key meant.
+    """
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass an existing --config FILE")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid TOML ({err}): fix the syntax") from err
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build a `Config` from parsed TOML, validating every key and type."""
+    cfg = _build(Config, data, "")
+    _check_values(cfg)
+    return cfg
+
+
+def documented_keys() -> list[str]:
+    """Every dotted config key, e.g. `sessions.timeout_s` (the README must document each)."""
+    return list(_walk_keys(Config, ""))
+
+
+def _walk_keys(cls: type, prefix: str):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _walk_keys(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}"
+
+
+def _build(cls: type, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{where.rstrip('.')}] must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in known:
+            hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+            suggestion = f"; did you mean '{where}{hint[0]}'?" if hint else ""
+            raise ConfigError(
+                f"unknown config key '{where}{key}'{suggestion} "
+                f"(known keys here: {', '.join(sorted(known))})"
+            )
+        kwargs[key] = _coerce(known[key], value, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str):
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list):
+            raise ConfigError(f'config key \'{key}\' must be a list of strings, e.g. ["a", "b"]')
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key '{key}' must contain only strings")
+        return tuple(value)
+    if origin in (types.UnionType, typing.Union):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    # bool is a subclass of int: check it first so `timeout_s = true` is refused.
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(
+            f"config key '{key}' must be {hint.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _check_values(cfg: Config) -> None:
+    import re
+    import zoneinfo
+
+    if cfg.input.format not in FORMATS:
+        raise ConfigError(
+            f"input.format = {cfg.input.format!r} is unknown: use one of {', '.join(FORMATS)}"
+        )
+    for key, tz in (
+        ("input.timezone", cfg.input.timezone),
+        ("sessions.timezone", cfg.sessions.timezone),
+    ):
+        try:
+            zoneinfo.ZoneInfo(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
+            raise ConfigError(
+                f"{key} = {tz!r} is not a known time zone: use an IANA name like 'Europe/Amsterdam'"
+            ) from err
+    positive = {
+        "sessions.timeout_s": cfg.sessions.timeout_s,
+        "sessions.max_duration_s": cfg.sessions.max_duration_s,
+        "input.max_line_bytes": cfg.input.max_line_bytes,
+        "bots.max_steps_per_minute": cfg.bots.max_steps_per_minute,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be a positive number, got {value}")
+    if len(cfg.input.csv_separator) != 1:
+        raise ConfigError('input.csv_separator must be a single character, e.g. "," or ";"')
+    for key, pattern in (("conversion.url_pattern", cfg.conversion.url_pattern),):
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ConfigError(f"{key} is not a valid regular expression: {err}") from err

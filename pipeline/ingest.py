@@ -1,0 +1,925 @@
+"""Ingest: raw files in, canonical events and quarantined rows out.
+
+Every input row ends in exactly one of two places: an accepted event or a quarantine row
+with a reason. Exact duplicates are recognised later by the store (they share an
+`event_id`), so for every file `n_read == n_accepted + n_duplicates + n_quarantined`.
+
+The hot path is Polars string expressions over whole batches of lines. Python touches
+individual lines only on cold paths: lines that are not valid UTF-8 and JSON lines the
+vectorised decoder rejects, which are isolated by bisection.
+
+>>> batches = list(read_file(Path("data/sample/events.ndjson"), "ndjson", Config()))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipeline.config import Config, InputConfig
+from pipeline.errors import UsageError
+from pipeline.schemas import EVENTS, FIELD_ISSUES, QUARANTINE, UTC_US, conform
+
+CHUNK_BYTES = 64 * 1024 * 1024
+JSON_BATCH_ROWS = 8192
+EARLIEST_TS = datetime(2000, 1, 1)
+
+# Apache/Nginx combined = common + "referrer" "user-agent". Quoted fields may hold escaped
+# quotes (\"), which nginx writes for attacker-controlled values.
+_Q = r'"((?:[^"\\]|\\.)*)"'
+COMMON_RE = (
+    r"^(\S+) (\S+) (\S+) \[([^\]]+)\] "
+    r'"(\S+) (\S+)(?: (\S+))?" (\d{3}) (\S+)'
+)
+COMBINED_RE = COMMON_RE + rf" {_Q} {_Q}"
+CLF_TS_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
+
+LINE_FORMATS = ("combined", "common", "ndjson", "csv")
+ALL_FORMATS = (*LINE_FORMATS, "parquet")
+
+_EXTENSIONS = {
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".json": "ndjson",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One slice of one input file, after validation.
+
+    `events` follows `schemas.EVENTS` plus a transient `visitor_key` (access logs: IP and
+    user agent, hashed with the database's salt by the store and never written).
+    """
+
+    source: str
+    fmt: str
+    n_read: int
+    events: pl.DataFrame
+    quarantine: pl.DataFrame
+    field_issues: pl.DataFrame
+    n_bytes: int = 0
+
+
+# ---------------------------------------------------------------------------- discovery
+
+
+def discover_inputs(paths: list[str | Path]) -> list[Path]:
+    """Expand files and directories (recursively, sorted) into the files to read."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and p.suffix not in (".toml", ".md")
+            )
+            if not files:
+                raise UsageError(f"input directory {path} holds no files: point --input at logs")
+            found.extend(files)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UsageError(f"input {path} does not exist: check the --input path")
+    for path in found:
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"input {path} is not readable: fix its permissions")
+    return found
+
+
+def detect_format(path: Path) -> str:
+    """Guess a file's format from its extension, then from its first non-empty line."""
+    name = path.name.lower().removesuffix(".gz")
+    suffix = Path(name).suffix
+    head = _head_bytes(path)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if suffix in _EXTENSIONS and _EXTENSIONS[suffix] != "parquet":
+        return _EXTENSIONS[suffix]
+    first = next((ln.strip() for ln in head.split(b"\n") if ln.strip()), b"")
+    text = first.decode("utf-8", "replace")
+    if text.startswith("{"):
+        return "ndjson"
+    probe = pl.Series([text])
+    if probe.str.contains(COMBINED_RE + r"\s*$").item():
+        return "combined"
+    if probe.str.contains(COMMON_RE).item():
+        return "common"
+    if suffix == ".parquet":
+        return "parquet"
+    if "," in text or ";" in text or "\t" in text:
+        return "csv"
+    # An empty file has no format to detect; any line reader reads its zero lines.
+    return "combined" if not text else "unknown"
+
+
+def _head_bytes(path: Path, n: int = 65536) -> bytes:
+    with open(path, "rb") as fh:
+        head = fh.read(n)
+    if head[:2] == b"\x1f\x8b":
+        try:
+            return zlib.decompressobj(wbits=47).decompress(head, n)
+        except zlib.error:
+            return b""
+    return head
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def read_file(
+    path: Path, fmt: str, cfg: Config, ingested_at: datetime | None = None
+) -> Iterator[Batch]:
+    """Read one file into validated batches. Never raises on bad content."""
+    ingested_at = ingested_at or datetime.now()
+    source = str(path)
+    if fmt == "parquet":
+        yield _read_parquet(path, cfg, ingested_at)
+        return
+    if fmt not in LINE_FORMATS:
+        raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(ALL_FORMATS)}")
+    header: str | None = None
+    for chunk in _line_chunks(path, cfg.input.max_line_bytes):
+        lines, bad = chunk.lines, chunk.quarantine
+        if fmt == "csv":
+            if header is None and len(lines):
+                header = lines["line"][0]
+                header_line = lines["source_line"][0]
+                lines = lines.slice(1)
+                # The header is not a data row: drop it from the count and from quarantine.
+                bad = bad.filter(pl.col("source_line") != header_line)
+                n_read = chunk.n_read - 1
+            else:
+                n_read = chunk.n_read
+            if header is None:
+                # The first line itself was unreadable; no header means no row can be parsed.
+                yield Batch(
+                    source,
+                    fmt,
+                    chunk.n_read,
+                    _empty_events(),
+                    _q(bad, source),
+                    _no_issues(),
+                    chunk.n_bytes,
+                )
+                continue
+            events, quarantine, issues = parse_csv_lines(lines, header, cfg, ingested_at)
+        else:
+            n_read = chunk.n_read
+            parse = {
+                "combined": parse_access_lines,
+                "common": parse_access_lines,
+                "ndjson": parse_ndjson_lines,
+            }[fmt]
+            events, quarantine, issues = (
+                parse(lines, cfg, ingested_at, fmt)
+                if fmt != "ndjson"
+                else parse(lines, cfg, ingested_at)
+            )
+        yield Batch(
+            source,
+            fmt,
+            n_read,
+            _with_source(events, source),
+            _q(pl.concat([bad, quarantine]), source),
+            issues.with_columns(source=pl.lit(source)).select(FIELD_ISSUES.columns.keys()),
+            chunk.n_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    lines: pl.DataFrame  # source_line, line
+    quarantine: pl.DataFrame  # source_line, raw, reason
+    n_read: int
+    n_bytes: int
+
+
+def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
+    """Split a (possibly gzipped, possibly truncated) file into chunks of whole lines."""
+    line_no = 0
+    pending = b""
+    truncated_reason: str | None = None
+    blocks = _decompressed_blocks(path)
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration:
+            break
+        except _Truncated as cut:
+            block, truncated_reason = cut.tail, cut.reason
+        data = pending + block
+        if truncated_reason is None:
+            cut_at = data.rfind(b"\n") + 1
+            pending, data = data[cut_at:], data[:cut_at]
+        else:
+            pending = b""
+        # A cut that falls on a line boundary leaves no partial line: say so with a marker row,
+        # so a damaged file is never silently shorter.
+        partial = truncated_reason is not None and data and not data.endswith(b"\n")
+        if data:
+            chunk = _split_lines(
+                data, line_no, max_line_bytes, truncated_reason if partial else None
+            )
+            line_no += chunk.n_read
+            yield chunk
+        if truncated_reason is not None:
+            if not partial:
+                yield _marker_chunk(line_no + 1, truncated_reason)
+            return
+    if pending:
+        # The last line had no newline: still a line (most tools write one, some don't).
+        yield _split_lines(pending, line_no, max_line_bytes, None)
+
+
+def _marker_chunk(line_no: int, reason: str) -> _Chunk:
+    code, _, detail = reason.partition(": ")
+    quarantine = pl.DataFrame(
+        {
+            "source_line": [line_no],
+            "raw": [
+                f"<{code.replace('_', ' ')} stream ends here{': ' + detail if detail else ''}>"
+            ],
+            "reason": [code],
+        }
+    )
+    return _Chunk(
+        pl.DataFrame(schema={"source_line": pl.Int64, "line": pl.String}), quarantine, 1, 0
+    )
+
+
+class _Truncated(Exception):
+    def __init__(self, tail: bytes, reason: str):
+        super().__init__(reason)
+        self.tail, self.reason = tail, reason
+
+
+def _decompressed_blocks(path: Path) -> Iterator[bytes]:
+    """Yield raw bytes; gzip members are followed to the end of the file.
+
+    A gzip cut short raises `_Truncated` carrying what could still be decompressed, so every
+    complete line before the cut is kept and only the partial one is quarantined.
+    """
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+        fh.seek(0)
+        if magic != b"\x1f\x8b":
+            while block := fh.read(CHUNK_BYTES):
+                yield block
+            return
+        decomp = zlib.decompressobj(wbits=47)
+        while True:
+            raw = fh.read(CHUNK_BYTES // 4)
+            try:
+                out = decomp.decompress(raw) if raw else decomp.flush()
+                # Multi-member gzip: each member ends the stream; start over on the rest.
+                while decomp.eof and decomp.unused_data:
+                    rest = decomp.unused_data
+                    decomp = zlib.decompressobj(wbits=47)
+                    out += decomp.decompress(rest)
+            except zlib.error as err:
+                raise _Truncated(b"", f"corrupt_gzip: {err}") from err
+            if not raw:
+                if not decomp.eof:
+                    raise _Truncated(out, "truncated_gzip")
+                if out:
+                    yield out
+                return
+            if out:
+                yield out
+
+
+def _split_lines(
+    data: bytes, first_line: int, max_line_bytes: int, last_line_reason: str | None
+) -> _Chunk:
+    """Turn a block of whole lines into a frame of lines, quarantining the unreadable ones."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buf == 10)
+    ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    n = len(ends)
+    line_nos = np.arange(first_line + 1, first_line + n + 1, dtype=np.int64)
+    lengths = ends - starts
+    bad_rows: list[tuple[int, str, str]] = []
+
+    # Not UTF-8: find each bad line with C-speed decoding, blank it, quarantine it escaped.
+    invalid = _invalid_utf8_lines(data, starts, ends)
+    if invalid.size:
+        mutable = bytearray(data)
+        for i in invalid:
+            s, e = int(starts[i]), int(ends[i])
+            raw = data[s:e].rstrip(b"\r").decode("utf-8", "backslashreplace")
+            bad_rows.append((int(line_nos[i]), raw[:max_line_bytes], "invalid_utf8"))
+            mutable[s:e] = b" " * (e - s)
+        data = bytes(mutable)
+
+    offsets = np.concatenate([starts, [len(data)]]).astype(np.int64)
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+    lines = pl.DataFrame({"source_line": line_nos, "line": pl.from_arrow(arr), "n_bytes": lengths})
+    lines = lines.with_columns(pl.col("line").str.strip_suffix("\n").str.strip_suffix("\r"))
+    if invalid.size:
+        lines = lines.filter(~pl.int_range(pl.len()).is_in(pl.Series(invalid, dtype=pl.Int64)))
+
+    reason = (
+        pl.when(pl.col("n_bytes") > max_line_bytes)
+        .then(pl.lit("line_too_long"))
+        .when(pl.col("line").str.strip_chars() == "")
+        .then(pl.lit("empty_line"))
+    )
+    if last_line_reason is not None:
+        reason = reason.when(pl.col("source_line") == first_line + n).then(
+            pl.lit(last_line_reason.split(":")[0])
+        )
+    lines = lines.with_columns(reason=reason.otherwise(None))
+    rejected = lines.filter(pl.col("reason").is_not_null()).select(
+        "source_line", raw=pl.col("line").str.slice(0, max_line_bytes), reason="reason"
+    )
+    if bad_rows:
+        rejected = pl.concat(
+            [rejected, pl.DataFrame(bad_rows, schema=rejected.schema, orient="row")]
+        ).sort("source_line")
+    return _Chunk(
+        lines.filter(pl.col("reason").is_null()).select("source_line", "line"),
+        rejected,
+        n,
+        len(data),
+    )
+
+
+def _invalid_utf8_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Indices of the lines holding bytes that are not UTF-8 (usually none: one decode)."""
+    bad: list[int] = []
+    view = memoryview(data)
+    pos = 0
+    while pos < len(data):
+        try:
+            str(view[pos:], "utf-8")
+            break
+        except UnicodeDecodeError as err:
+            at = pos + err.start
+            i = int(np.searchsorted(ends, at, side="left"))
+            bad.append(i)
+            pos = int(ends[i]) + 1 if i < len(ends) else len(data)
+    return np.array(bad, dtype=np.int64)
+
+
+def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Batch:
+    source = str(path)
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one quarantine row
+        quarantine = pl.DataFrame(
+            {
+                "source_line": [0],
+                "raw": [f"<unreadable parquet file: {err}>"[:500]],
+                "reason": ["unreadable_file"],
+            }
+        )
+        return Batch(
+            source,
+            "parquet",
+            1,
+            _empty_events(),
+            _q(quarantine, source),
+            _no_issues(),
+            path.stat().st_size,
+        )
+    mapping = _mapping(cfg.input)
+    n = frame.height
+    raw = (
+        frame.select(pl.struct(pl.all()).struct.json_encode().alias("raw"))["raw"]
+        if n
+        else pl.Series("raw", [], pl.String)
+    )
+    columns = {}
+    native_ts = None
+    for canonical, source_col in mapping.items():
+        if source_col in frame.columns:
+            col = frame[source_col]
+            if canonical == "ts" and isinstance(col.dtype, pl.Datetime):
+                native_ts = col
+            columns[canonical] = (
+                col.cast(pl.String, strict=False) if col.dtype != pl.String else col
+            )
+    table = (
+        pl.DataFrame(columns).with_columns(
+            source_line=pl.int_range(1, n + 1, dtype=pl.Int64), raw=raw
+        )
+        if columns
+        else pl.DataFrame(
+            {"source_line": pl.int_range(1, n + 1, dtype=pl.Int64, eager=True), "raw": raw}
+        )
+    )
+    ts_expr = None
+    if native_ts is not None:
+        table = table.with_columns(ts_native=native_ts)
+        ts_expr = _native_ts(native_ts.dtype, cfg.input.timezone)
+    events, quarantine, issues = canonicalize(table, cfg, ingested_at, "parquet", ts_expr=ts_expr)
+    return Batch(
+        source,
+        "parquet",
+        n,
+        _with_source(events, source),
+        _q(quarantine, source),
+        issues.with_columns(source=pl.lit(source)).select(FIELD_ISSUES.columns.keys()),
+        path.stat().st_size,
+    )
+
+
+def _native_ts(dtype: pl.Datetime, tz: str) -> pl.Expr:
+    col = pl.col("ts_native")
+    if dtype.time_zone is None:
+        col = col.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+    return col.dt.convert_time_zone("UTC").cast(UTC_US)
+
+
+# ------------------------------------------------------------------------------ parsing
+
+
+def parse_access_lines(
+    lines: pl.DataFrame, cfg: Config, ingested_at: datetime, fmt: str = "combined"
+):
+    """Parse Apache/Nginx combined or common log lines (`source_line`, `line`)."""
+    pattern = COMBINED_RE if fmt == "combined" else COMMON_RE
+    # Trailing fields some servers append (request time, upstream) are tolerated.
+    parts = lines.with_columns(
+        pl.col("line").str.extract_groups(pattern + r"(?:\s.*)?$").alias("m")
+    ).unnest("m")
+    names = ["ip", "ident", "user", "clf_ts", "method", "target", "protocol", "status", "bytes"]
+    if fmt == "combined":
+        names += ["referrer", "user_agent"]
+    parts = parts.rename({str(i + 1): name for i, name in enumerate(names)})
+    if fmt != "combined":
+        parts = parts.with_columns(
+            referrer=pl.lit(None, pl.String), user_agent=pl.lit(None, pl.String)
+        )
+    unescape = {r"\"": '"', r"\\": "\\"}
+    table = parts.select(
+        "source_line",
+        raw=pl.col("line"),
+        matched=pl.col("ip").is_not_null(),
+        target=pl.col("target"),
+        visitor_key=pl.concat_str(
+            [pl.col("ip"), pl.col("user_agent").fill_null("")], separator="\x1f"
+        ),
+        user_id=_dash_null(pl.col("user")),
+        ts=pl.col("clf_ts"),
+        event_type=pl.when(pl.col("method").is_in(["GET", "HEAD"]))
+        .then(pl.lit("page_view"))
+        .otherwise(pl.col("method").str.to_lowercase()),
+        url=pl.col("target"),
+        referrer=_dash_null(pl.col("referrer").str.replace_many(unescape)),
+        user_agent=_dash_null(pl.col("user_agent").str.replace_many(unescape)),
+        status=pl.col("status"),
+    )
+    ts_expr = (
+        pl.col("ts")
+        .str.strptime(pl.Datetime("us"), CLF_TS_FORMAT, strict=False)
+        .dt.convert_time_zone("UTC")
+        .cast(UTC_US)
+    )
+    pre_reason = (
+        pl.when(~pl.col("matched"))
+        .then(pl.lit("malformed_line"))
+        .when(~pl.col("target").str.starts_with("/"))
+        .then(pl.lit("bad_target"))
+    )
+    return canonicalize(table, cfg, ingested_at, fmt, ts_expr=ts_expr, pre_reason=pre_reason)
+
+
+def parse_ndjson_lines(lines: pl.DataFrame, cfg: Config, ingested_at: datetime):
+    """Parse NDJSON events; unknown fields are ignored, wrong types are quarantined."""
+    fields = [
+        "event_id",
+        "anonymous_id",
+        "user_id",
+        "ts",
+        "event_type",
+        "url",
+        "host",
+        "referrer",
+        "user_agent",
+        "status",
+        "revenue",
+    ]
+    dtype = pl.Struct({f: pl.String for f in fields})
+    stripped = lines.with_columns(pl.col("line").str.strip_chars())
+    looks_like_object = pl.col("line").str.starts_with("{") & pl.col("line").str.ends_with("}")
+    candidates = stripped.filter(looks_like_object)
+    rejected = stripped.filter(~looks_like_object).select(
+        "source_line", raw="line", reason=pl.lit("invalid_json")
+    )
+    decoded_parts: list[pl.DataFrame] = []
+    bad_parts: list[pl.DataFrame] = [rejected]
+    for offset in range(0, candidates.height, JSON_BATCH_ROWS):
+        part = candidates.slice(offset, JSON_BATCH_ROWS)
+        ok, bad = _decode_json(part, dtype)
+        decoded_parts.append(ok)
+        bad_parts.append(bad)
+    decoded = (
+        pl.concat(decoded_parts)
+        if decoded_parts
+        else pl.DataFrame(schema={"source_line": pl.Int64, "line": pl.String, "j": dtype})
+    )
+    table = decoded.select("source_line", raw="line", j="j").unnest("j")
+    events, quarantine, issues = canonicalize(table, cfg, ingested_at, "ndjson")
+    return events, pl.concat([pl.concat(bad_parts), quarantine]), issues
+
+
+def _decode_json(part: pl.DataFrame, dtype: pl.Struct) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decode a batch; on failure split it in halves to isolate the offending lines."""
+    try:
+        return part.with_columns(j=pl.col("line").str.json_decode(dtype)), _empty_bad()
+    except pl.exceptions.PolarsError:
+        if part.height == 1:
+            return part.with_columns(j=pl.lit(None, dtype)).clear(), _classify_json(part)
+    half = part.height // 2
+    ok1, bad1 = _decode_json(part.slice(0, half), dtype)
+    ok2, bad2 = _decode_json(part.slice(half), dtype)
+    return pl.concat([ok1, ok2]), pl.concat([bad1, bad2])
+
+
+def _classify_json(part: pl.DataFrame) -> pl.DataFrame:
+    """Why one line failed to decode (cold path: only lines the decoder rejected)."""
+    line = part["line"][0]
+    try:
+        value = json.loads(line)
+        reason = "wrong_json_type" if isinstance(value, dict) else "not_a_json_object"
+    except ValueError:
+        reason = "invalid_json"
+    return pl.DataFrame({"source_line": part["source_line"], "raw": [line], "reason": [reason]})
+
+
+def parse_csv_lines(lines: pl.DataFrame, header: str, cfg: Config, ingested_at: datetime):
+    """Parse CSV records (one per line) against the header; wrong field counts quarantined."""
+    sep = cfg.input.csv_separator
+    header_names = pl.read_csv(
+        io.StringIO(header + "\n"), separator=sep, has_header=True, n_rows=0
+    ).columns
+    n_fields = len(header_names)
+    quoted = r'"(?:[^"]|"")*"'
+    counted = lines.with_columns(
+        n_quotes=pl.col("line").str.count_matches('"', literal=True),
+        n_fields=pl.col("line").str.replace_all(quoted, "").str.count_matches(sep, literal=True)
+        + 1,
+    )
+    reason = (
+        pl.when(pl.col("n_quotes") % 2 == 1)
+        .then(pl.lit("csv_unbalanced_quotes"))
+        .when(pl.col("n_fields") != n_fields)
+        .then(
+            pl.format("csv_field_count: {} fields, header has " + str(n_fields), pl.col("n_fields"))
+        )
+    )
+    counted = counted.with_columns(reason=reason.otherwise(None))
+    rejected = counted.filter(pl.col("reason").is_not_null()).select(
+        "source_line", raw="line", reason=pl.col("reason").str.replace(r":.*", "")
+    )
+    good = counted.filter(pl.col("reason").is_null())
+    if good.height:
+        body = header + "\n" + good["line"].str.join("\n").item() + "\n"
+        parsed = pl.read_csv(
+            io.StringIO(body),
+            separator=sep,
+            infer_schema=False,
+            has_header=True,
+        )
+    else:
+        parsed = pl.DataFrame(schema={name: pl.String for name in header_names})
+    mapping = _mapping(cfg.input)
+    table = pl.DataFrame(
+        {canonical: parsed[col] for canonical, col in mapping.items() if col in parsed.columns}
+        or {"_": pl.Series([None] * good.height, dtype=pl.String)}
+    ).with_columns(source_line=good["source_line"], raw=good["line"])
+    events, quarantine, issues = canonicalize(table, cfg, ingested_at, "csv")
+    return events, pl.concat([rejected, quarantine]), issues
+
+
+# ------------------------------------------------------------------------- canonicalize
+
+
+def canonicalize(
+    table: pl.DataFrame,
+    cfg: Config,
+    ingested_at: datetime,
+    fmt: str,
+    *,
+    ts_expr: pl.Expr | None = None,
+    pre_reason: pl.When | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Validate and normalise string columns into events; split off the rejected rows.
+
+    `table` holds canonical column names as strings (missing ones are treated as absent),
+    plus `source_line` and `raw`.
+    """
+    present = set(table.columns)
+    for col in EVENTS.columns:
+        if col not in present and col not in ("source", "source_line"):
+            table = table.with_columns(pl.lit(None, pl.String).alias(col))
+    if "visitor_key" not in present:
+        table = table.with_columns(visitor_key=pl.lit(None, pl.String))
+    text = [
+        "event_id",
+        "anonymous_id",
+        "user_id",
+        "event_type",
+        "url",
+        "host",
+        "referrer",
+        "user_agent",
+    ]
+    table = table.with_columns([_blank_null(pl.col(c).cast(pl.String)) for c in text])
+    if ts_expr is None:
+        ts_expr = parse_timestamp(pl.col("ts").cast(pl.String), cfg.input, fmt)
+    status_num = pl.col("status").cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    revenue_num = pl.col("revenue").cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+    table = table.with_columns(
+        ts_parsed=ts_expr,
+        status_parsed=pl.when(
+            (status_num >= 100) & (status_num <= 599) & (status_num == status_num.floor())
+        )
+        .then(status_num)
+        .cast(pl.Int16),
+        revenue_parsed=pl.when(revenue_num.is_finite()).then(revenue_num),
+        url_ok=pl.col("url").str.contains(r"^(/|https?://)"),
+    )
+    max_ts = ingested_at.replace(tzinfo=None)
+    in_range = (pl.col("ts_parsed") >= pl.lit(EARLIEST_TS).dt.replace_time_zone("UTC")) & (
+        pl.col("ts_parsed") <= pl.lit(max_ts).dt.replace_time_zone("UTC") + pl.duration(days=1)
+    )
+    identity = pl.col("anonymous_id").is_null() & pl.col("visitor_key").is_null()
+    reason = (
+        pre_reason
+        if pre_reason is not None
+        else pl.when(pl.lit(False)).then(pl.lit(None, pl.String))
+    )
+    reason = (
+        reason.when(identity)
+        .then(pl.lit("missing_anonymous_id"))
+        .when(pl.col("ts").is_null())
+        .then(pl.lit("missing_ts"))
+        .when(pl.col("ts_parsed").is_null())
+        .then(pl.lit("bad_timestamp"))
+        .when(~in_range)
+        .then(pl.lit("timestamp_out_of_range"))
+        .when(pl.col("event_type").is_null())
+        .then(pl.lit("missing_event_type"))
+        .when(pl.col("url").is_null())
+        .then(pl.lit("missing_url"))
+        .when(~pl.col("url_ok"))
+        .then(pl.lit("bad_url"))
+        .otherwise(None)
+    )
+    table = table.with_columns(reason=reason)
+    rejected = table.filter(pl.col("reason").is_not_null()).select(
+        "source_line", pl.col("raw").str.slice(0, cfg.input.max_line_bytes), "reason"
+    )
+    good = table.filter(pl.col("reason").is_null())
+    issues = (
+        good.select(
+            status=(pl.col("status").is_not_null() & pl.col("status_parsed").is_null()).sum(),
+            revenue=(pl.col("revenue").is_not_null() & pl.col("revenue_parsed").is_null()).sum(),
+        )
+        .unpivot(variable_name="field", value_name="n_rows")
+        .filter(pl.col("n_rows") > 0)
+    )
+    issues = issues.with_columns(
+        source=pl.lit(None, pl.String), n_rows=pl.col("n_rows").cast(pl.Int64)
+    )
+    url = normalise_url(pl.col("url"), cfg.privacy.scrub_query_params)
+    events = good.with_columns(
+        ts=pl.col("ts_parsed"),
+        status=pl.col("status_parsed"),
+        revenue=pl.col("revenue_parsed"),
+        host=pl.coalesce(url.struct.field("host"), pl.col("host").str.to_lowercase()),
+        url=url.struct.field("url"),
+        referrer=scrub_query(
+            pl.col("referrer").str.replace(r"#.*$", ""), cfg.privacy.scrub_query_params
+        ),
+    ).with_columns(
+        utm_source=query_param(pl.col("url"), "utm_source"),
+        utm_medium=query_param(pl.col("url"), "utm_medium"),
+        utm_campaign=query_param(pl.col("url"), "utm_campaign"),
+    )
+    out = conform(events.lazy(), EVENTS).collect().with_columns(visitor_key=events["visitor_key"])
+    return out, rejected, issues
+
+
+def parse_timestamp(col: pl.Expr, cfg: InputConfig, fmt: str) -> pl.Expr:
+    """String timestamps to UTC, by `input.ts_unit`: iso, s, ms, us or a strftime format.
+
+    NDJSON is ISO-8601 by contract, but numeric epochs are accepted there when `ts_unit` says so.
+    A naive timestamp is read in `input.timezone`; one that does not exist there (a DST gap)
+    or in the calendar (Feb 30) becomes null and is quarantined.
+    """
+    unit = cfg.ts_unit
+    if unit in ("s", "ms", "us"):
+        factor = {"s": 1_000_000, "ms": 1_000, "us": 1}[unit]
+        epoch = parse_epoch(col, factor)
+        return epoch if fmt != "ndjson" else pl.coalesce(parse_iso(col, cfg.timezone), epoch)
+    if unit != "iso":
+        parsed = col.str.strptime(pl.Datetime("us"), unit, strict=False)
+        if "%z" in unit or "%:z" in unit:
+            return parsed.dt.convert_time_zone("UTC").cast(UTC_US)
+        return _localise(parsed, cfg.timezone)
+    return parse_iso(col, cfg.timezone)
+
+
+def parse_epoch(col: pl.Expr, factor: int) -> pl.Expr:
+    value = col.str.strip_chars().cast(pl.Float64, strict=False)
+    micros = pl.when(value.is_finite() & (value.abs() < 1e17 / factor)).then(
+        (value * factor).round()
+    )
+    return pl.from_epoch(micros.cast(pl.Int64), time_unit="us").dt.replace_time_zone("UTC")
+
+
+_ISO_RE = (
+    r"^\s*(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"\s*([Zz]|[+-]\d{2}(?::?\d{2})?)?\s*$"
+)
+
+
+def parse_iso(col: pl.Expr, tz: str) -> pl.Expr:
+    """ISO-8601 with or without an offset (`Z`, `+02:00`, `+0200`, `-05`) to UTC."""
+    g = col.str.extract_groups(_ISO_RE)
+    f = g.struct.field
+    frac = f("7").fill_null("0").str.pad_end(6, "0").str.slice(0, 6)
+    canonical = pl.format(
+        "{}-{}-{}T{}:{}:{}.{}", f("1"), f("2"), f("3"), f("4"), f("5"), f("6").fill_null("00"), frac
+    )
+    naive = canonical.str.strptime(pl.Datetime("us"), "%Y-%m-%dT%H:%M:%S%.f", strict=False)
+    offset = f("8")
+    digits = offset.str.replace_all(":", "")
+    sign = pl.when(digits.str.starts_with("-")).then(-1).otherwise(1)
+    hours = digits.str.slice(1, 2).cast(pl.Int64, strict=False)
+    minutes = digits.str.slice(3, 2).cast(pl.Int64, strict=False).fill_null(0)
+    offset_s = (
+        pl.when(offset.str.to_uppercase() == "Z")
+        .then(0)
+        .otherwise(sign * (hours * 3600 + minutes * 60))
+    )
+    with_offset = (naive - pl.duration(seconds=offset_s)).dt.replace_time_zone("UTC")
+    return (
+        pl.when(offset.is_not_null()).then(with_offset).otherwise(_localise(naive, tz)).cast(UTC_US)
+    )
+
+
+def _localise(naive: pl.Expr, tz: str) -> pl.Expr:
+    return (
+        naive.dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
+        .dt.convert_time_zone("UTC")
+        .cast(UTC_US)
+    )
+
+
+# ------------------------------------------------------------------------------- URLs
+
+_UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+
+
+def _percent_table() -> dict[str, str]:
+    """Escapes safe to decode: unreserved ASCII and two-byte UTF-8 for U+00A0..U+00FF.
+
+    Reserved characters (`/ ? # & = + %`) and anything else stay encoded, so decoding
+    never changes what a URL means and never produces invalid text.
+    """
+    table: dict[str, str] = {}
+    for ch in _UNRESERVED:
+        code = f"{ord(ch):02X}"
+        for variant in {code, code.lower()}:
+            table[f"%{variant}"] = ch
+    for cp in range(0xA0, 0x100):
+        b1, b2 = chr(cp).encode("utf-8")
+        for h1 in {f"{b1:02X}", f"{b1:02x}"}:
+            for h2 in {f"{b2:02X}", f"{b2:02x}"}:
+                table[f"%{h1}%{h2}"] = chr(cp)
+    return table
+
+
+_PERCENT = _percent_table()
+
+
+def normalise_url(col: pl.Expr, scrub: tuple[str, ...]) -> pl.Expr:
+    """Split host off, drop the fragment, decode safe escapes, scrub personal query params.
+
+    Returns a struct of `host` (lower-cased, null for a bare path) and `url` (path + query).
+    """
+    no_fragment = col.str.replace(r"#.*$", "")
+    parts = no_fragment.str.extract_groups(r"^(?i:https?)://([^/?#]*)(.*)$")
+    host = (
+        parts.struct.field("1")
+        .str.to_lowercase()
+        .str.replace(r"^[^@]*@", "")
+        .str.replace(r":(80|443)$", "")
+    )
+    path = (
+        pl.when(parts.struct.field("1").is_not_null())
+        .then(parts.struct.field("2"))
+        .otherwise(no_fragment)
+    )
+    path = pl.when(path.str.starts_with("/")).then(path).otherwise(pl.lit("/") + path)
+    decoded = (
+        pl.when(path.str.contains("%", literal=True))
+        .then(path.str.replace_many(list(_PERCENT), list(_PERCENT.values())))
+        .otherwise(path)
+    )
+    return pl.struct(host=pl.when(host != "").then(host), url=scrub_query(decoded, scrub))
+
+
+def scrub_query(col: pl.Expr, scrub: tuple[str, ...]) -> pl.Expr:
+    """Remove query parameters that carry personal data (names matched case-insensitively)."""
+    if not scrub:
+        return col
+    names = "|".join(_regex_escape(s) for s in scrub)
+    cleaned = col.str.replace_all(rf"(?i)([?&])(?:{names})(?:=[^&]*)?(&|$)", "$1$2")
+    # Removing a parameter leaves stray separators: "?&b=1", "a=1&&b", "/p?".
+    return (
+        cleaned.str.replace_all(r"\?&+", "?")
+        .str.replace_all(r"&&+", "&")
+        .str.replace(r"[?&]+$", "")
+    )
+
+
+def query_param(col: pl.Expr, name: str) -> pl.Expr:
+    value = col.str.extract(rf"[?&]{_regex_escape(name)}=([^&]*)", 1)
+    return pl.when(value != "").then(
+        value.str.replace_all("+", " ", literal=True).str.to_lowercase()
+    )
+
+
+def _regex_escape(text: str) -> str:
+    return "".join("\\" + c if c in r".^$*+?()[]{}|\-/" else c for c in text)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _mapping(cfg: InputConfig) -> dict[str, str]:
+    import dataclasses
+
+    return {f.name: getattr(cfg.columns, f.name) for f in dataclasses.fields(cfg.columns)}
+
+
+def _blank_null(col: pl.Expr) -> pl.Expr:
+    name = col.meta.output_name()
+    stripped = col.str.strip_chars()
+    return pl.when(stripped != "").then(stripped).alias(name)
+
+
+def _dash_null(col: pl.Expr) -> pl.Expr:
+    return pl.when((col != "-") & (col != "")).then(col)
+
+
+def _with_source(events: pl.DataFrame, source: str) -> pl.DataFrame:
+    return events.with_columns(source=pl.lit(source))
+
+
+def _q(frame: pl.DataFrame, source: str) -> pl.DataFrame:
+    return frame.select(
+        source=pl.lit(source),
+        source_line=pl.col("source_line").cast(pl.Int64),
+        raw=pl.col("raw").cast(pl.String),
+        reason=pl.col("reason").cast(pl.String),
+    ).select(QUARANTINE.columns.keys())
+
+
+def _empty_events() -> pl.DataFrame:
+    return pl.DataFrame(schema={**EVENTS.columns, "visitor_key": pl.String})
+
+
+def _empty_bad() -> pl.DataFrame:
+    return pl.DataFrame(schema={"source_line": pl.Int64, "raw": pl.String, "reason": pl.String})
+
+
+def _no_issues() -> pl.DataFrame:
+    return pl.DataFrame(schema=FIELD_ISSUES.columns)
+
+
+def gzip_members(path: Path) -> int:
+    """Number of gzip members in a file (for diagnostics and tests)."""
+    count = 0
+    with open(path, "rb") as fh:
+        data = fh.read()
+    while data:
+        d = zlib.decompressobj(wbits=31)
+        d.decompress(data)
+        count += 1
+        data = d.unused_data
+    return count

@@ -1,0 +1,142 @@
+"""The data contracts between stages, declared once.
+
+Each contract is an ordered mapping of column name to Polars dtype plus the columns that may
+not be null. `validate()` checks a frame against one; `conform()` selects and casts a frame
+into the contract's exact shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+UTC_US = pl.Datetime("us", "UTC")
+
+
+@dataclass(frozen=True)
+class Contract:
+    name: str
+    columns: dict[str, pl.DataType]
+    required: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()
+
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.Schema(self.columns)
+
+
+# What ingest hands on: one row per accepted input row, before de-duplication. event_id is
+# filled by the store (a stable md5 of the row's content) unless the source supplied one.
+EVENTS = Contract(
+    "events",
+    {
+        "event_id": pl.String(),
+        "ts": UTC_US,
+        "anonymous_id": pl.String(),
+        "user_id": pl.String(),
+        "event_type": pl.String(),
+        "url": pl.String(),
+        "host": pl.String(),
+        "referrer": pl.String(),
+        "user_agent": pl.String(),
+        "status": pl.Int16(),
+        "revenue": pl.Float64(),
+        "utm_source": pl.String(),
+        "utm_medium": pl.String(),
+        "utm_campaign": pl.String(),
+        "source": pl.String(),
+        "source_line": pl.Int64(),
+    },
+    required=("ts", "anonymous_id", "event_type", "url", "source", "source_line"),
+    key=("event_id",),
+)
+
+QUARANTINE = Contract(
+    "quarantine",
+    {
+        "source": pl.String(),
+        "source_line": pl.Int64(),
+        "raw": pl.String(),
+        "reason": pl.String(),
+    },
+    required=("source", "source_line", "raw", "reason"),
+)
+
+# Per-file notes that are not rejections: optional fields nulled because of a wrong type.
+FIELD_ISSUES = Contract(
+    "field_issues",
+    {"source": pl.String(), "field": pl.String(), "n_rows": pl.Int64()},
+)
+
+SESSIONS = Contract(
+    "sessions",
+    {
+        "session_id": pl.String(),
+        "person_id": pl.String(),
+        "anonymous_id": pl.String(),
+        "user_id": pl.String(),
+        "started_at": UTC_US,
+        "ended_at": UTC_US,
+        "duration_in_s": pl.Float64(),
+        "n_steps": pl.UInt32(),
+        "landing_url": pl.String(),
+        "exit_url": pl.String(),
+        "referrer": pl.String(),
+        "device": pl.String(),
+        "os": pl.String(),
+        "browser": pl.String(),
+        "channel": pl.String(),
+        "utm_source": pl.String(),
+        "utm_medium": pl.String(),
+        "utm_campaign": pl.String(),
+        "revenue": pl.Float64(),
+        "is_bot": pl.Boolean(),
+        "is_converted": pl.Boolean(),
+    },
+    required=("session_id", "person_id", "started_at", "ended_at", "n_steps", "is_bot"),
+    key=("session_id",),
+)
+
+SESSION_STEPS = Contract(
+    "session_steps",
+    {
+        "session_id": pl.String(),
+        "step": pl.UInt32(),
+        "ts": UTC_US,
+        "event_id": pl.String(),
+        "url": pl.String(),
+        "event_type": pl.String(),
+        "status": pl.Int16(),
+        "is_conversion": pl.Boolean(),
+    },
+    required=("session_id", "step", "ts", "event_id", "url", "event_type"),
+    key=("session_id", "step"),
+)
+
+
+def conform(frame: pl.LazyFrame, contract: Contract) -> pl.LazyFrame:
+    """Select exactly the contract's columns, in order and with its dtypes (missing ones null)."""
+    names = frame.collect_schema().names()
+    return frame.select(
+        [
+            (pl.col(c) if c in names else pl.lit(None)).cast(dtype).alias(c)
+            for c, dtype in contract.columns.items()
+        ]
+    )
+
+
+def validate(frame: pl.DataFrame, contract: Contract) -> None:
+    """Raise `ValueError` naming the first broken rule: columns, dtypes, nulls, key."""
+    expected = list(contract.columns)
+    if frame.columns != expected:
+        raise ValueError(f"{contract.name}: columns {frame.columns} != {expected}")
+    for name, dtype in contract.columns.items():
+        if frame.schema[name] != dtype:
+            raise ValueError(f"{contract.name}.{name}: dtype {frame.schema[name]} != {dtype}")
+    for name in contract.required:
+        n_null = frame[name].null_count()
+        if n_null:
+            raise ValueError(f"{contract.name}.{name}: {n_null} nulls in a required column")
+    if contract.key and frame.select(contract.key).is_duplicated().any():
+        raise ValueError(f"{contract.name}: key {contract.key} is not unique")

@@ -1,0 +1,281 @@
+"""Sessionise: events in, sessions and their steps out (Polars, no Python per event).
+
+Rules (one meaning everywhere, see DESIGN.md):
+
+- static assets and health checks are not journey steps and do not keep a session alive;
+- identity stitching: an anonymous id that logs in takes the first user id it logged in
+  with, so that user's devices become one `person_id`;
+- a session ends after more than `timeout_s` of inactivity (a gap of exactly `timeout_s`
+  continues it), after `max_duration_s`, and optionally at local midnight or when the
+  campaign changes;
+- bots (user-agent patterns or more than `max_steps_per_minute` steps within a minute) are
+  flagged per anonymous id; their sessions are kept with `is_bot = true`.
+
+>>> sessions, steps = sessionize(events.lazy(), Config())  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from pipeline.config import BotConfig, Config, ConversionConfig, StepConfig
+from pipeline.schemas import SESSION_STEPS, SESSIONS, conform
+
+SEARCH_ENGINES = r"(^|\.)(google|bing|duckduckgo|yahoo|ecosia|baidu|yandex|qwant|startpage|brave)\."
+SOCIAL_SITES = (
+    r"(^|\.)(facebook|fb|instagram|t\.co|twitter|x\.com|linkedin|pinterest|tiktok|youtube|reddit"
+    r"|snapchat|threads|lnkd\.in|whatsapp)"
+)
+
+
+def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Build `sessions` and `session_steps` (contracts in `schemas`) from stored events.
+
+    `events` needs: event_id, ts, anonymous_id, user_id, event_type, url, host, referrer,
+    user_agent, status, revenue, utm_source, utm_medium, utm_campaign.
+    """
+    steps = journey_steps(events, cfg.steps)
+    steps = stitch_identities(steps)
+    steps = flag_bots(steps, cfg.bots)
+    steps = assign_sessions(steps, cfg)
+    steps = steps.with_columns(is_conversion=is_conversion(cfg.conversion))
+    steps_df = steps.collect()
+
+    session_steps = conform(steps_df.lazy(), SESSION_STEPS).collect()
+    sessions = summarise_sessions(steps_df.lazy()).collect()
+    return sessions, session_steps
+
+
+def journey_steps(events: pl.LazyFrame, cfg: StepConfig) -> pl.LazyFrame:
+    """Keep the events that are journey steps: no static assets, no health checks."""
+    path = pl.col("url").str.replace(r"\?.*$", "").str.to_lowercase()
+    extensions = "|".join(e.lstrip(".").replace(".", r"\.") for e in cfg.asset_extensions)
+    is_asset = path.str.contains(rf"\.({extensions})$") if extensions else pl.lit(False)
+    health = [p.lower().rstrip("/") for p in cfg.health_check_paths]
+    is_health = path.str.strip_chars_end("/").is_in(health) if health else pl.lit(False)
+    return events.filter(~is_asset & ~is_health)
+
+
+def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
+    """Add `person_id`: the user id of the event, else the first user id its device logged in
+    with, else the anonymous id.
+
+    >>> # a1 logs in as u1 on a phone, b1 logs in as u1 on a desktop: both become "u:u1"
+    """
+    first_login = (
+        events.filter(pl.col("user_id").is_not_null())
+        .sort("ts", "user_id")
+        .group_by("anonymous_id")
+        .agg(stitched_user_id=pl.col("user_id").first())
+    )
+    return events.join(first_login, on="anonymous_id", how="left").with_columns(
+        person_id=pl.coalesce(
+            pl.lit("u:") + pl.col("user_id"),
+            pl.lit("u:") + pl.col("stitched_user_id"),
+            pl.lit("a:") + pl.col("anonymous_id"),
+        )
+    )
+
+
+def flag_bots(events: pl.LazyFrame, cfg: BotConfig) -> pl.LazyFrame:
+    """Add `is_bot`, per anonymous id: a robot user agent or an inhuman step rate."""
+    patterns = "|".join(_regex_escape(p.lower()) for p in cfg.user_agent_patterns)
+    ua_bot = (
+        pl.col("user_agent").str.to_lowercase().str.contains(patterns).fill_null(False)
+        if patterns
+        else pl.lit(False)
+    )
+    n = cfg.max_steps_per_minute
+    # More than n steps within 60 s: the step n places earlier is less than a minute ago.
+    too_fast = (
+        pl.col("ts") - pl.col("ts").shift(n).over("anonymous_id", order_by=["ts", "event_id"])
+    ) < pl.duration(seconds=60)
+    return events.with_columns(
+        is_bot=(ua_bot | too_fast.fill_null(False)).any().over("anonymous_id")
+    )
+
+
+def assign_sessions(events: pl.LazyFrame, cfg: Config) -> pl.LazyFrame:
+    """Add `session_id` and `step` (1-based), ordered by (person, ts, event_id)."""
+    s = cfg.sessions
+    ordered = events.sort("person_id", "ts", "event_id")
+    same_person = pl.col("person_id") == pl.col("person_id").shift(1)
+    gap = pl.col("ts") - pl.col("ts").shift(1)
+    breaks = ~same_person.fill_null(False) | (gap > pl.duration(seconds=s.timeout_s))
+    if s.split_at_midnight:
+        local_date = pl.col("ts").dt.convert_time_zone(s.timezone).dt.date()
+        breaks = breaks | (local_date != local_date.shift(1))
+    if s.split_on_campaign_change:
+        campaign = pl.concat_str(
+            [pl.col("utm_source").fill_null(""), pl.col("utm_campaign").fill_null("")],
+            separator="/",
+        )
+        # A step without UTM tags continues the campaign it came in on.
+        tagged = pl.when(campaign != "/").then(campaign)
+        carried = tagged.forward_fill().over("person_id")
+        breaks = breaks | (tagged.is_not_null() & (tagged != carried.shift(1)).fill_null(False))
+    ordered = ordered.with_columns(visit=breaks.cast(pl.UInt32).cum_sum())
+    # A visit longer than max_duration_s is cut into consecutive windows of that length.
+    window = (pl.col("ts") - pl.col("ts").min().over("visit")).dt.total_microseconds() // (
+        s.max_duration_s * 1_000_000
+    )
+    ordered = ordered.with_columns(window=window)
+    started = pl.col("ts").min().over("visit", "window")
+    return ordered.with_columns(
+        session_id=pl.format("{}:{}", pl.col("person_id"), started.dt.epoch("ms").cast(pl.String)),
+    ).with_columns(step=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("session_id"))
+
+
+def is_conversion(cfg: ConversionConfig) -> pl.Expr:
+    """A step converts when its event type or its URL path matches the `[conversion]` rule."""
+    by_event = (
+        pl.col("event_type").is_in(list(cfg.event_types)) if cfg.event_types else pl.lit(False)
+    )
+    by_url = (
+        pl.col("url").str.replace(r"\?.*$", "").str.contains(cfg.url_pattern)
+        if cfg.url_pattern
+        else pl.lit(False)
+    )
+    return (by_event | by_url).fill_null(False)
+
+
+def summarise_sessions(steps: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per session: timing, landing/exit, device, channel, campaign, outcome."""
+    sessions = steps.group_by("session_id").agg(
+        person_id=pl.col("person_id").first(),
+        anonymous_id=pl.col("anonymous_id").first(),
+        user_id=pl.col("user_id").drop_nulls().first(),
+        stitched_user_id=pl.col("stitched_user_id").drop_nulls().first(),
+        started_at=pl.col("ts").first(),
+        ended_at=pl.col("ts").last(),
+        n_steps=pl.len().cast(pl.UInt32),
+        landing_url=pl.col("url").first(),
+        exit_url=pl.col("url").last(),
+        referrer=pl.col("referrer").first(),
+        landing_host=pl.col("host").first(),
+        user_agent=pl.col("user_agent").drop_nulls().first(),
+        utm_source=pl.col("utm_source").drop_nulls().first(),
+        utm_medium=pl.col("utm_medium").drop_nulls().first(),
+        utm_campaign=pl.col("utm_campaign").drop_nulls().first(),
+        revenue=pl.col("revenue").sum(),
+        is_bot=pl.col("is_bot").any(),
+        is_converted=pl.col("is_conversion").any(),
+    )
+    agents = classify_user_agents(sessions.select("user_agent").unique().collect()["user_agent"])
+    return (
+        sessions.join(agents.lazy(), on="user_agent", how="left", nulls_equal=True)
+        .with_columns(
+            user_id=pl.coalesce("user_id", "stitched_user_id"),
+            duration_in_s=(pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds() / 1e6,
+            channel=classify_channel(),
+        )
+        .sort("started_at", "session_id")
+        .pipe(conform, SESSIONS)
+    )
+
+
+def classify_channel() -> pl.Expr:
+    """Default channel grouping from UTM tags, else the landing referrer (GA4-like)."""
+    medium = pl.col("utm_medium").fill_null("").str.to_lowercase()
+    source = pl.col("utm_source").fill_null("").str.to_lowercase()
+    ref_host = (
+        pl.col("referrer")
+        .str.extract(r"^(?i:[a-z][a-z0-9+.-]*)://(?:[^@/]*@)?([^/:?#]+)", 1)
+        .str.to_lowercase()
+    )
+    social_source = source.str.contains(SOCIAL_SITES.replace(r"(^|\.)", "^"))
+    internal = ref_host.is_not_null() & (ref_host == pl.col("landing_host"))
+    return (
+        pl.when(medium.str.contains(r"^(cpc|ppc|paid.?search|sem)$") & social_source)
+        .then(pl.lit("paid_social"))
+        .when(medium.str.contains(r"^(cpc|ppc|paid.?search|sem)$"))
+        .then(pl.lit("paid_search"))
+        .when(medium.str.contains(r"paid.?social|social.?paid"))
+        .then(pl.lit("paid_social"))
+        .when(medium.str.contains(r"display|banner|cpm"))
+        .then(pl.lit("display"))
+        .when(medium.str.contains(r"e-?mail|newsletter") | (source == "newsletter"))
+        .then(pl.lit("email"))
+        .when(medium.str.contains(r"affiliate"))
+        .then(pl.lit("affiliate"))
+        .when(medium.str.contains(r"^(social|social-network|social-media|sm)$"))
+        .then(pl.lit("organic_social"))
+        .when((medium != "") | (source != ""))
+        .then(pl.lit("other_campaign"))
+        .when(ref_host.is_null() | internal)
+        .then(pl.lit("direct"))
+        .when(ref_host.str.contains(SEARCH_ENGINES))
+        .then(pl.lit("organic_search"))
+        .when(ref_host.str.contains(SOCIAL_SITES))
+        .then(pl.lit("organic_social"))
+        .otherwise(pl.lit("referral"))
+    )
+
+
+def classify_user_agents(user_agents: pl.Series) -> pl.DataFrame:
+    """device (desktop/mobile/tablet/bot/other), os and browser for each distinct user agent.
+
+    Parsing runs once per distinct user agent, never per event: a day of traffic has
+    millions of events but only thousands of distinct agents.
+    """
+    from ua_parser import parse
+
+    rows = []
+    for ua in user_agents.unique().drop_nulls().to_list():
+        result = parse(ua)
+        browser = result.user_agent.family if result.user_agent else None
+        os_family = result.os.family if result.os else None
+        device_family = result.device.family if result.device else None
+        rows.append(
+            (
+                ua,
+                _device_class(ua, device_family, os_family),
+                os_family or "Other",
+                browser or "Other",
+            )
+        )
+    frame = pl.DataFrame(
+        rows,
+        schema={
+            "user_agent": pl.String,
+            "device": pl.String,
+            "os": pl.String,
+            "browser": pl.String,
+        },
+        orient="row",
+    )
+    unknown = pl.DataFrame(
+        {"user_agent": [None], "device": ["unknown"], "os": ["unknown"], "browser": ["unknown"]},
+        schema=frame.schema,
+    )
+    return pl.concat([frame, unknown])
+
+
+def _device_class(ua: str, device_family: str | None, os_family: str | None) -> str:
+    lowered = ua.lower()
+    if device_family == "Spider":
+        return "bot"
+    if (
+        device_family == "iPad"
+        or "tablet" in lowered
+        or (os_family == "Android" and "mobile" not in lowered)
+    ):
+        return "tablet"
+    if os_family in ("iOS", "Android", "Windows Phone", "BlackBerry OS") or "mobile" in lowered:
+        return "mobile"
+    if os_family in (
+        "Windows",
+        "Mac OS X",
+        "macOS",
+        "Linux",
+        "Ubuntu",
+        "Chrome OS",
+        "Fedora",
+        "FreeBSD",
+    ):
+        return "desktop"
+    return "other"
+
+
+def _regex_escape(text: str) -> str:
+    return "".join("\\" + c if c in r".^$*+?()[]{}|\-/" else c for c in text)

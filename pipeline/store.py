@@ -1,0 +1,330 @@
+"""Store: the only module that opens DuckDB.
+
+Layers: `raw` (events, quarantine, runs, run_files, settings) → `staging` (views) → `marts`
+(sessions, session_steps, and views from `sql/`). A run writes everything in one
+transaction: a run that fails leaves the previous state untouched.
+
+Two keys are assigned here, in SQL, because they need a stable hash (Polars' hash is only
+stable within one Polars version) and the database's salt:
+
+- `anonymous_id` of an access-log visitor = md5(salt | IP | user agent); the IP never
+  reaches a table;
+- `event_id` (unless the source gave one) = md5 of the event's content, so exact duplicates
+  share an id, whether in one file, across files, or across nightly runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from pipeline.errors import StoreError
+from pipeline.schemas import EVENTS, SESSION_STEPS, SESSIONS, UTC_US
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+SQL_LAYERS = ("staging", "marts", "macros")
+
+_DUCK_TYPES = {
+    pl.String: "varchar",
+    pl.Int16: "smallint",
+    pl.Int64: "bigint",
+    pl.UInt32: "uinteger",
+    pl.Float64: "double",
+    pl.Boolean: "boolean",
+}
+
+
+def _duck_type(dtype: pl.DataType) -> str:
+    if isinstance(dtype, pl.Datetime):
+        return "timestamptz"
+    return _DUCK_TYPES[type(dtype)]
+
+
+def _columns_ddl(columns: dict[str, pl.DataType]) -> str:
+    return ",\n    ".join(f"{name} {_duck_type(dtype)}" for name, dtype in columns.items())
+
+
+def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (or create) the database file; a clear `StoreError` if that is impossible."""
+    path = Path(path)
+    if not read_only and path.parent and not path.parent.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(
+                f"cannot create directory {path.parent} for --db: {err.strerror}"
+            ) from err
+    if read_only and not path.exists():
+        raise StoreError(f"database {path} does not exist: run `journeymap run --db {path}` first")
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except (duckdb.IOException, duckdb.Error, OSError) as err:
+        first = str(err).splitlines()[0]
+        raise StoreError(
+            f"cannot open database {path} ({first}): choose a writable --db FILE"
+        ) from err
+    con.execute("set TimeZone = 'UTC'")
+    return con
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the schemas and raw tables if they are missing (idempotent)."""
+    for schema in ("raw", "staging", "marts"):
+        con.execute(f"create schema if not exists {schema}")
+    events_cols = {**EVENTS.columns, "run_id": pl.Int64(), "ingested_at": UTC_US}
+    con.execute(f"create table if not exists raw.events (\n    {_columns_ddl(events_cols)}\n)")
+    con.execute(
+        """
+        create table if not exists raw.quarantine (
+            source varchar, source_line bigint, raw varchar, reason varchar,
+            run_id bigint, ingested_at timestamptz
+        )"""
+    )
+    con.execute(
+        """
+        create table if not exists raw.runs (
+            run_id bigint primary key, started_at timestamptz, ended_at timestamptz,
+            status varchar, version varchar, inputs varchar[],
+            n_read bigint, n_accepted bigint, n_duplicates bigint, n_quarantined bigint,
+            quarantined_by_reason json, nulled_fields json,
+            n_persons bigint, n_sessions bigint, n_bot_sessions bigint,
+            stage_seconds json, error varchar
+        )"""
+    )
+    con.execute(
+        """
+        create table if not exists raw.run_files (
+            run_id bigint, source varchar, format varchar, n_bytes bigint,
+            n_read bigint, n_accepted bigint, n_duplicates bigint, n_quarantined bigint
+        )"""
+    )
+    con.execute("create table if not exists raw.settings (key varchar primary key, value varchar)")
+    con.execute(
+        f"create table if not exists marts.sessions (\n    {_columns_ddl(SESSIONS.columns)}\n)"
+    )
+    con.execute(
+        f"create table if not exists marts.session_steps (\n    {_columns_ddl(SESSION_STEPS.columns)}\n)"
+    )
+
+
+def visitor_salt(con: duckdb.DuckDBPyConnection) -> str:
+    """The salt for access-log visitor ids, created once per database and kept there so ids
+    stay stable across nightly runs."""
+    row = con.execute("select value from raw.settings where key = 'visitor_salt'").fetchone()
+    if row:
+        return row[0]
+    salt = secrets.token_hex(16)
+    con.execute("insert into raw.settings values ('visitor_salt', ?)", [salt])
+    return salt
+
+
+def next_run_id(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("select coalesce(max(run_id), 0) + 1 from raw.runs").fetchone()[0]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def begin_load(con: duckdb.DuckDBPyConnection) -> None:
+    """Start the run's transaction and an empty staging table for incoming events."""
+    con.execute("begin transaction")
+    cols = {**EVENTS.columns, "visitor_key": pl.String()}
+    con.execute(f"create or replace temp table incoming (\n    {_columns_ddl(cols)}\n)")
+
+
+def stage_batch(
+    con: duckdb.DuckDBPyConnection,
+    events: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    run_id: int,
+    ingested_at: datetime,
+) -> None:
+    """Append one ingested batch: events to the staging table, rejects to raw.quarantine."""
+    if events.height:
+        con.register("batch_events", events.to_arrow())
+        con.execute("insert into incoming by name select * from batch_events")
+        con.unregister("batch_events")
+    if quarantine.height:
+        con.register("batch_quarantine", quarantine.to_arrow())
+        con.execute(
+            "insert into raw.quarantine select source, source_line, raw, reason, ?, ? from batch_quarantine",
+            [run_id, ingested_at],
+        )
+        con.unregister("batch_quarantine")
+
+
+def merge_events(
+    con: duckdb.DuckDBPyConnection, run_id: int, ingested_at: datetime
+) -> pl.DataFrame:
+    """Assign keys, drop duplicates (within the run and against stored events), insert.
+
+    Returns per-source counts: source, n_accepted, n_duplicates. Of identical events the one
+    read first (by source, source_line) is kept.
+    """
+    salt = visitor_salt(con)
+    con.execute(
+        """
+        create or replace temp table keyed as
+        with hashed as (
+            select
+                * exclude (anonymous_id, event_id, visitor_key),
+                coalesce(anonymous_id, md5(? || chr(31) || visitor_key)) as anonymous_id,
+                event_id as given_event_id
+            from incoming
+        ),
+        final as (
+            select
+                coalesce(given_event_id, md5(concat_ws(chr(31),
+                    epoch_us(ts)::varchar, anonymous_id, coalesce(user_id, ''), event_type, url,
+                    coalesce(host, ''), coalesce(referrer, ''), coalesce(user_agent, ''),
+                    coalesce(status::varchar, ''), coalesce(revenue::varchar, '')))) as event_id,
+                * exclude (given_event_id)
+            from hashed
+        )
+        select
+            *,
+            row_number() over (partition by event_id order by source, source_line) = 1
+                and event_id not in (select event_id from raw.events) as is_new
+        from final
+        """,
+        [salt],
+    )
+    columns = ", ".join(EVENTS.columns)
+    con.execute(
+        f"insert into raw.events select {columns}, ?, ? from keyed where is_new",
+        [run_id, ingested_at],
+    )
+    counts = con.sql(
+        """
+        select source, count(*) filter (where is_new) as n_accepted,
+               count(*) filter (where not is_new) as n_duplicates
+        from keyed group by source
+        """
+    ).to_arrow_table()
+    con.execute("drop table keyed")
+    con.execute("drop table incoming")
+    return pl.from_arrow(counts)
+
+
+def read_events(con: duckdb.DuckDBPyConnection) -> pl.LazyFrame:
+    """Every stored event as a Polars frame (Arrow, no per-row conversion)."""
+    columns = ", ".join(c for c in EVENTS.columns if c not in ("source", "source_line"))
+    table = con.sql(f"select {columns} from raw.events").to_arrow_table()
+    return pl.from_arrow(table).lazy().with_columns(pl.col("ts").cast(UTC_US))
+
+
+def replace_marts(
+    con: duckdb.DuckDBPyConnection, sessions: pl.DataFrame, session_steps: pl.DataFrame
+) -> None:
+    """Swap in freshly computed sessions and steps (inside the run's transaction)."""
+    for name, frame in (("sessions", sessions), ("session_steps", session_steps)):
+        con.register(f"new_{name}", frame.to_arrow())
+        con.execute(f"delete from marts.{name}")
+        con.execute(f"insert into marts.{name} select * from new_{name}")
+        con.unregister(f"new_{name}")
+
+
+def create_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
+    """(Re)create every view and macro in `sql/`, layer by layer; returns their names."""
+    created = []
+    for layer in SQL_LAYERS:
+        for path in sorted((sql_dir / layer).glob("*.sql")):
+            con.execute(path.read_text(encoding="utf-8"))
+            created.append(f"{layer}/{path.stem}")
+    return created
+
+
+# -------------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class FileCounts:
+    source: str
+    format: str
+    n_bytes: int
+    n_read: int
+    n_accepted: int
+    n_duplicates: int
+    n_quarantined: int
+
+
+def record_run(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    run_id: int,
+    started_at: datetime,
+    status: str,
+    version: str,
+    inputs: list[str],
+    files: Iterable[FileCounts] = (),
+    quarantined_by_reason: dict[str, int] | None = None,
+    nulled_fields: dict[str, int] | None = None,
+    n_persons: int | None = None,
+    n_sessions: int | None = None,
+    n_bot_sessions: int | None = None,
+    stage_seconds: dict[str, float] | None = None,
+    error: str | None = None,
+) -> None:
+    files = list(files)
+    con.execute(
+        "insert into raw.runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            run_id,
+            started_at,
+            datetime.now(UTC),
+            status,
+            version,
+            inputs,
+            sum(f.n_read for f in files),
+            sum(f.n_accepted for f in files),
+            sum(f.n_duplicates for f in files),
+            sum(f.n_quarantined for f in files),
+            json.dumps(quarantined_by_reason or {}),
+            json.dumps(nulled_fields or {}),
+            n_persons,
+            n_sessions,
+            n_bot_sessions,
+            json.dumps({k: round(v, 3) for k, v in (stage_seconds or {}).items()}),
+            error,
+        ],
+    )
+    if files:
+        con.executemany(
+            "insert into raw.run_files values (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                [
+                    run_id,
+                    f.source,
+                    f.format,
+                    f.n_bytes,
+                    f.n_read,
+                    f.n_accepted,
+                    f.n_duplicates,
+                    f.n_quarantined,
+                ]
+                for f in files
+            ],
+        )
+
+
+def commit(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("commit")
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    # No open transaction means nothing to undo.
+    with contextlib.suppress(duckdb.Error):
+        con.execute("rollback")
+
+
+def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+    """Run a read query and hand back a Polars frame (no DuckDB object leaves this module)."""
+    return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
