@@ -114,18 +114,33 @@ def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, in
     rows = 0
     reasons: Counter[str] = Counter()
     nulled: Counter[str] = Counter()
-    per_file: dict[str, dict] = {}
-    t0 = time.perf_counter()
+    read_s = load_s = 0.0
     store.begin_load(con)
     for path in paths:
         file_fmt = fmt if fmt != "auto" else ingest.detect_format(path)
-        stats = per_file.setdefault(
-            str(path),
-            {"format": file_fmt, "n_bytes": path.stat().st_size, "n_read": 0, "n_quarantined": 0},
-        )
-        for batch in ingest.read_file(path, file_fmt, cfg, ingested_at):
-            store.stage_batch(con, batch.events, batch.quarantine, summary.run_id, ingested_at)
+        stats = {
+            "format": file_fmt,
+            "n_bytes": path.stat().st_size,
+            "n_read": 0,
+            "n_accepted": 0,
+            "n_duplicates": 0,
+            "n_quarantined": 0,
+        }
+        reader = ingest.read_file(path, file_fmt, cfg, ingested_at)
+        while True:
+            t_read = time.perf_counter()
+            batch = next(reader, None)
+            t_load = time.perf_counter()
+            read_s += t_load - t_read
+            if batch is None:
+                break
+            n_accepted, n_duplicates = store.stage_batch(
+                con, batch.events, batch.quarantine, summary.run_id, ingested_at
+            )
+            load_s += time.perf_counter() - t_load
             stats["n_read"] += batch.n_read
+            stats["n_accepted"] += n_accepted
+            stats["n_duplicates"] += n_duplicates
             stats["n_quarantined"] += batch.quarantine.height
             reasons.update(dict(batch.quarantine["reason"].value_counts().iter_rows()))
             nulled.update(dict(batch.field_issues.select("field", "n_rows").iter_rows()))
@@ -133,28 +148,9 @@ def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, in
             progress.update("ingest", done_bytes, total_bytes, rows)
         done_bytes += stats["n_bytes"]
         progress.update("ingest", done_bytes, total_bytes, rows)
-    summary.stage_seconds["ingest"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    progress.update("dedupe", done_bytes, total_bytes, rows)
-    merged = {
-        r["source"]: r
-        for r in store.merge_events(con, summary.run_id, ingested_at).iter_rows(named=True)
-    }
-    summary.stage_seconds["dedupe"] = time.perf_counter() - t0
-    for source, stats in per_file.items():
-        counts = merged.get(source, {"n_accepted": 0, "n_duplicates": 0})
-        summary.files.append(
-            store.FileCounts(
-                source=source,
-                format=stats["format"],
-                n_bytes=stats["n_bytes"],
-                n_read=stats["n_read"],
-                n_accepted=counts["n_accepted"],
-                n_duplicates=counts["n_duplicates"],
-                n_quarantined=stats["n_quarantined"],
-            )
-        )
+        summary.files.append(store.FileCounts(source=str(path), **stats))
+    summary.stage_seconds["ingest"] = read_s
+    summary.stage_seconds["load"] = load_s
     for f in summary.files:
         if f.n_read != f.n_accepted + f.n_duplicates + f.n_quarantined:
             raise RuntimeError(
@@ -395,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("journeymap: aborted", err=True)
         return 130
     except click.UsageError as exc:
+        # `journeymap` alone (click >= 8.2): the usage is the message, not an error to wrap.
+        if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+            click.echo(exc.format_message(), err=True)
+            return 2
         command = exc.ctx.command_path if exc.ctx else "journeymap"
         click.echo(f"journeymap: error: {exc.format_message()} (see `{command} --help`)", err=True)
         return 2
@@ -405,8 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("journeymap: interrupted; the database is unchanged", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - last resort: a bug, reported in one line
+        first_line = next(iter(str(exc).splitlines()), "")
         click.echo(
-            f"journeymap: internal error: {type(exc).__name__}: {exc} "
+            f"journeymap: internal error: {type(exc).__name__}: {first_line} "
             "(the database is unchanged; please report this)",
             err=True,
         )

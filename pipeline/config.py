@@ -310,6 +310,9 @@ def _coerce(hint: Any, value: Any, key: str):
 def _check_values(cfg: Config) -> None:
     import re
     import zoneinfo
+    from datetime import datetime
+
+    import polars as pl
 
     if cfg.input.format not in FORMATS:
         raise ConfigError(
@@ -321,7 +324,10 @@ def _check_values(cfg: Config) -> None:
     ):
         try:
             zoneinfo.ZoneInfo(tz)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as err:
+            # Polars does the conversions and knows fewer names than the system's zoneinfo
+            # ('localtime', 'Factory', 'posix/...'): refuse those now, not halfway a run.
+            pl.Series([datetime(2000, 1, 1)]).dt.replace_time_zone(tz)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, pl.exceptions.PolarsError) as err:
             raise ConfigError(
                 f"{key} = {tz!r} is not a known time zone: use an IANA name like 'Europe/Amsterdam'"
             ) from err
@@ -334,6 +340,13 @@ def _check_values(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be a positive number, got {value}")
+    if cfg.input.ts_unit not in ("iso", "s", "ms", "us") and "%" not in cfg.input.ts_unit:
+        # Anything else would be taken as a strftime format that matches nothing, and every
+        # row would be quarantined as a bad timestamp.
+        raise ConfigError(
+            f"input.ts_unit = {cfg.input.ts_unit!r} is unknown: use iso, s, ms, us or a "
+            'strftime format such as "%d/%m/%Y %H:%M"'
+        )
     if len(cfg.input.csv_separator) != 1:
         raise ConfigError('input.csv_separator must be a single character, e.g. "," or ";"')
     for key, pattern in (("conversion.url_pattern", cfg.conversion.url_pattern),):

@@ -13,13 +13,14 @@ vectorised decoder rejects, which are isolated by bisection.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,10 @@ from pipeline.schemas import EVENTS, FIELD_ISSUES, QUARANTINE, UTC_US, conform
 
 CHUNK_BYTES = 64 * 1024 * 1024
 JSON_BATCH_ROWS = 8192
+PARQUET_BATCH_ROWS = 1_000_000
 EARLIEST_TS = datetime(2000, 1, 1)
+SNIFF_LINES = 1000
+BOM = b"\xef\xbb\xbf"
 
 # Apache/Nginx combined = common + "referrer" "user-agent". Quoted fields may hold escaped
 # quotes (\"), which nginx writes for attacker-controlled values.
@@ -43,6 +47,10 @@ COMMON_RE = (
 )
 COMBINED_RE = COMMON_RE + rf" {_Q} {_Q}"
 CLF_TS_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
+# A client address opens every access-log line (IPv4 or IPv6); forwarded-for fields may
+# repeat IPv4 addresses later in the line.
+_LEADING_ADDRESS_RE = r"^(\s*)(?:\d{1,3}(?:\.\d{1,3}){3}|\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*\]?)(\s|$)"
+_IPV4_RE = r"\b\d{1,3}(?:\.\d{1,3}){3}\b"
 
 LINE_FORMATS = ("combined", "common", "ndjson", "csv")
 ALL_FORMATS = (*LINE_FORMATS, "parquet")
@@ -105,7 +113,11 @@ def discover_inputs(paths: list[str | Path]) -> list[Path]:
 
 
 def detect_format(path: Path) -> str:
-    """Guess a file's format from its extension, then from its first non-empty line."""
+    """Guess a file's format from its extension, then from its first lines.
+
+    The first line that looks like NDJSON or an access log decides, so one damaged line at
+    the top (a log rotated mid-write) does not make the file unreadable.
+    """
     name = path.name.lower().removesuffix(".gz")
     suffix = Path(name).suffix
     head = _head_bytes(path)
@@ -113,15 +125,26 @@ def detect_format(path: Path) -> str:
         return "parquet"
     if suffix in _EXTENSIONS and _EXTENSIONS[suffix] != "parquet":
         return _EXTENSIONS[suffix]
-    first = next((ln.strip() for ln in head.split(b"\n") if ln.strip()), b"")
-    text = first.decode("utf-8", "replace")
-    if text.startswith("{"):
-        return "ndjson"
-    probe = pl.Series([text])
-    if probe.str.contains(COMBINED_RE + r"\s*$").item():
-        return "combined"
-    if probe.str.contains(COMMON_RE).item():
-        return "common"
+    texts = [ln.strip().decode("utf-8", "replace") for ln in head.split(b"\n") if ln.strip()][
+        :SNIFF_LINES
+    ]
+    text = texts[0] if texts else ""
+    line = pl.col("text")
+    kinds = (
+        pl.DataFrame({"text": texts}, schema={"text": pl.String})
+        .select(
+            kind=pl.when(line.str.starts_with("{"))
+            .then(pl.lit("ndjson"))
+            # Trailing fields (request time, upstream) are tolerated, as by the parser.
+            .when(line.str.contains(COMBINED_RE + r"(?:\s.*)?$"))
+            .then(pl.lit("combined"))
+            .when(line.str.contains(COMMON_RE))
+            .then(pl.lit("common"))
+        )["kind"]
+        .drop_nulls()
+    )
+    if len(kinds):
+        return kinds[0]
     if suffix == ".parquet":
         return "parquet"
     if "," in text or ";" in text or "\t" in text:
@@ -135,10 +158,10 @@ def _head_bytes(path: Path, n: int = 65536) -> bytes:
         head = fh.read(n)
     if head[:2] == b"\x1f\x8b":
         try:
-            return zlib.decompressobj(wbits=47).decompress(head, n)
+            head = zlib.decompressobj(wbits=47).decompress(head, n)
         except zlib.error:
             return b""
-    return head
+    return head.removeprefix(BOM)
 
 
 # ------------------------------------------------------------------------------ reading
@@ -147,11 +170,14 @@ def _head_bytes(path: Path, n: int = 65536) -> bytes:
 def read_file(
     path: Path, fmt: str, cfg: Config, ingested_at: datetime | None = None
 ) -> Iterator[Batch]:
-    """Read one file into validated batches. Never raises on bad content."""
-    ingested_at = ingested_at or datetime.now()
+    """Read one file into validated batches. Never raises on bad content.
+
+    `ingested_at` bounds timestamps from above; a naive value is taken to be UTC.
+    """
+    ingested_at = ingested_at or datetime.now(UTC)
     source = str(path)
     if fmt == "parquet":
-        yield _read_parquet(path, cfg, ingested_at)
+        yield from _read_parquet(path, cfg, ingested_at)
         return
     if fmt not in LINE_FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(ALL_FORMATS)}")
@@ -159,17 +185,31 @@ def read_file(
     for chunk in _line_chunks(path, cfg.input.max_line_bytes):
         lines, bad = chunk.lines, chunk.quarantine
         if fmt == "csv":
-            if header is None and len(lines):
-                header = lines["line"][0]
-                header_line = lines["source_line"][0]
-                lines = lines.slice(1)
-                # The header is not a data row: drop it from the count and from quarantine.
-                bad = bad.filter(pl.col("source_line") != header_line)
-                n_read = chunk.n_read - 1
-            else:
-                n_read = chunk.n_read
+            n_read = chunk.n_read
             if header is None:
-                # The first line itself was unreadable; no header means no row can be parsed.
+                # The header is the first line that is not blank, readable or not, so a data
+                # row is never taken for it. An unreadable header stays quarantined (and
+                # counted); rows are then read against its escaped text.
+                first = (
+                    pl.concat(
+                        [
+                            lines.select("source_line", text="line"),
+                            bad.filter(
+                                pl.col("reason").is_in(["invalid_utf8", "line_too_long"])
+                            ).select("source_line", text="raw"),
+                        ]
+                    )
+                    .sort("source_line")
+                    .head(1)
+                )
+                if first.height:
+                    header_line, header = first.row(0)
+                    if len(lines) and lines["source_line"][0] == header_line:
+                        # The header is not a data row: it is not counted.
+                        lines = lines.slice(1)
+                        n_read -= 1
+            if header is None:
+                # No header yet (only blank lines or a damage marker): nothing to parse.
                 yield Batch(
                     source,
                     fmt,
@@ -193,12 +233,20 @@ def read_file(
                 if fmt != "ndjson"
                 else parse(lines, cfg, ingested_at)
             )
+        quarantine = pl.concat([bad, quarantine])
+        if fmt in ("combined", "common"):
+            # The store keeps a visitor's IP only hashed; a rejected line must not leak it.
+            quarantine = quarantine.with_columns(
+                raw=pl.col("raw")
+                .str.replace(_LEADING_ADDRESS_RE, "${1}<ip>${2}")
+                .str.replace_all(_IPV4_RE, "<ip>")
+            )
         yield Batch(
             source,
             fmt,
             n_read,
             _with_source(events, source),
-            _q(pl.concat([bad, quarantine]), source),
+            _q(quarantine, source),
             issues.with_columns(source=pl.lit(source)).select(FIELD_ISSUES.columns.keys()),
             chunk.n_bytes,
         )
@@ -217,6 +265,7 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
     line_no = 0
     pending = b""
     truncated_reason: str | None = None
+    at_start = True
     blocks = _decompressed_blocks(path)
     while True:
         try:
@@ -226,6 +275,9 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
         except _Truncated as cut:
             block, truncated_reason = cut.tail, cut.reason
         data = pending + block
+        if at_start and data:
+            # A UTF-8 byte-order mark (Windows tools write one) is not part of the first line.
+            data, at_start = data.removeprefix(BOM), False
         if truncated_reason is None:
             cut_at = data.rfind(b"\n") + 1
             pending, data = data[cut_at:], data[:cut_at]
@@ -287,6 +339,7 @@ def _decompressed_blocks(path: Path) -> Iterator[bytes]:
         decomp = zlib.decompressobj(wbits=47)
         while True:
             raw = fh.read(CHUNK_BYTES // 4)
+            out = b""
             try:
                 out = decomp.decompress(raw) if raw else decomp.flush()
                 # Multi-member gzip: each member ends the stream; start over on the rest.
@@ -295,7 +348,8 @@ def _decompressed_blocks(path: Path) -> Iterator[bytes]:
                     decomp = zlib.decompressobj(wbits=47)
                     out += decomp.decompress(rest)
             except zlib.error as err:
-                raise _Truncated(b"", f"corrupt_gzip: {err}") from err
+                # Members inflated before the damaged one are intact: keep their lines.
+                raise _Truncated(out, f"corrupt_gzip: {err}") from err
             if not raw:
                 if not decomp.eof:
                     raise _Truncated(out, "truncated_gzip")
@@ -316,7 +370,9 @@ def _split_lines(
     starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
     n = len(ends)
     line_nos = np.arange(first_line + 1, first_line + n + 1, dtype=np.int64)
-    lengths = ends - starts
+    # The \r of a CRLF ending is not content: it does not count towards max_line_bytes.
+    ends_with_cr = (ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13)
+    lengths = ends - starts - ends_with_cr
     bad_rows: list[tuple[int, str, str]] = []
 
     # Not UTF-8: find each bad line with C-speed decoding, blank it, quarantine it escaped.
@@ -380,58 +436,78 @@ def _invalid_utf8_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np
     return np.array(bad, dtype=np.int64)
 
 
-def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Batch:
+def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Batch]:
+    """Read a Parquet file in record batches, so memory stays bounded by the batch size."""
+    import pyarrow.parquet as pq
+
     source = str(path)
     try:
-        frame = pl.read_parquet(path)
+        reader = pq.ParquetFile(path)
+        batches = reader.iter_batches(batch_size=PARQUET_BATCH_ROWS)
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one quarantine row
-        quarantine = pl.DataFrame(
-            {
-                "source_line": [0],
-                "raw": [f"<unreadable parquet file: {err}>"[:500]],
-                "reason": ["unreadable_file"],
-            }
-        )
-        return Batch(
-            source,
-            "parquet",
-            1,
-            _empty_events(),
-            _q(quarantine, source),
-            _no_issues(),
-            path.stat().st_size,
-        )
+        yield _unreadable(path, err)
+        return
     mapping = _mapping(cfg.input)
+    first_row = 1
+    while True:
+        try:
+            record_batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # noqa: BLE001 - a corrupt row group ends the file, visibly
+            yield _unreadable(path, err, first_row)
+            return
+        frame = pl.from_arrow(pa.Table.from_batches([record_batch]))
+        yield _parquet_batch(frame, first_row, mapping, cfg, ingested_at, source)
+        first_row += frame.height
+
+
+def _parquet_batch(
+    frame: pl.DataFrame,
+    first_row: int,
+    mapping: dict[str, str],
+    cfg: Config,
+    ingested_at: datetime,
+    source: str,
+) -> Batch:
     n = frame.height
-    raw = (
-        frame.select(pl.struct(pl.all()).struct.json_encode().alias("raw"))["raw"]
-        if n
-        else pl.Series("raw", [], pl.String)
-    )
     columns = {}
     native_ts = None
+    wrong_type: list[pl.Series] = []
     for canonical, source_col in mapping.items():
         if source_col in frame.columns:
             col = frame[source_col]
             if canonical == "ts" and isinstance(col.dtype, pl.Datetime):
                 native_ts = col
-            columns[canonical] = (
-                col.cast(pl.String, strict=False) if col.dtype != pl.String else col
-            )
-    table = (
-        pl.DataFrame(columns).with_columns(
-            source_line=pl.int_range(1, n + 1, dtype=pl.Int64), raw=raw
-        )
-        if columns
-        else pl.DataFrame(
-            {"source_line": pl.int_range(1, n + 1, dtype=pl.Int64, eager=True), "raw": raw}
-        )
+            text = _as_text(col)
+            if text is None:
+                # A list or struct where a known field belongs: quarantined, as in NDJSON.
+                wrong_type.append(col.is_not_null())
+                text = pl.Series(canonical, [None] * n, dtype=pl.String)
+            columns[canonical] = text
+    table = pl.DataFrame(columns, height=n).with_columns(
+        source_line=pl.int_range(first_row, first_row + n, dtype=pl.Int64)
     )
     ts_expr = None
     if native_ts is not None:
         table = table.with_columns(ts_native=native_ts)
         ts_expr = _native_ts(native_ts.dtype, cfg.input.timezone)
-    events, quarantine, issues = canonicalize(table, cfg, ingested_at, "parquet", ts_expr=ts_expr)
+    pre_reason = None
+    if wrong_type:
+        table = table.with_columns(wrong_type=pl.any_horizontal(wrong_type))
+        pre_reason = pl.when(pl.col("wrong_type")).then(pl.lit("wrong_json_type"))
+    events, quarantine, issues = canonicalize(
+        table, cfg, ingested_at, "parquet", ts_expr=ts_expr, pre_reason=pre_reason
+    )
+    # Only rejected rows need their raw form: a JSON rendering of the original row (bytes as
+    # hex: Polars cannot write binary to JSON).
+    rows = pl.Series((quarantine["source_line"] - first_row).cast(pl.Int64))
+    raw = (
+        frame[rows]
+        .with_columns(pl.col(pl.Binary).bin.encode("hex"))
+        .select(pl.struct(pl.all()).struct.json_encode().alias("raw"))["raw"]
+    )
+    quarantine = quarantine.with_columns(raw=raw)
     return Batch(
         source,
         "parquet",
@@ -439,7 +515,35 @@ def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Batch:
         _with_source(events, source),
         _q(quarantine, source),
         issues.with_columns(source=pl.lit(source)).select(FIELD_ISSUES.columns.keys()),
-        path.stat().st_size,
+        0,
+    )
+
+
+def _as_text(col: pl.Series) -> pl.Series | None:
+    """A Parquet column as strings; None when its values have no text form (lists, structs)."""
+    if col.dtype == pl.String:
+        return col
+    if col.dtype.is_nested():
+        return None
+    try:
+        return col.cast(pl.String, strict=False)
+    except pl.exceptions.PolarsError:
+        if col.dtype == pl.Binary:
+            # Bytes that are not UTF-8 (a binary id, say) are read as hex.
+            return col.bin.encode("hex")
+        return None
+
+
+def _unreadable(path: Path, err: Exception, row: int = 0) -> Batch:
+    quarantine = pl.DataFrame(
+        {
+            "source_line": [row],
+            "raw": [f"<unreadable parquet file: {err}>"[:500]],
+            "reason": ["unreadable_file"],
+        }
+    )
+    return Batch(
+        str(path), "parquet", 1, _empty_events(), _q(quarantine, str(path)), _no_issues(), 0
     )
 
 
@@ -523,8 +627,15 @@ def parse_ndjson_lines(lines: pl.DataFrame, cfg: Config, ingested_at: datetime):
     stripped = lines.with_columns(pl.col("line").str.strip_chars())
     looks_like_object = pl.col("line").str.starts_with("{") & pl.col("line").str.ends_with("}")
     candidates = stripped.filter(looks_like_object)
-    rejected = stripped.filter(~looks_like_object).select(
-        "source_line", raw="line", reason=pl.lit("invalid_json")
+    # Only a line that starts like a JSON value can be valid JSON that is not an object.
+    maybe_json = pl.col("line").str.contains(r'^(\[|"|-|\d|true|false|null)')
+    rejected = pl.concat(
+        [
+            stripped.filter(~looks_like_object & ~maybe_json).select(
+                "source_line", raw="line", reason=pl.lit("invalid_json")
+            ),
+            _classify_json(stripped.filter(~looks_like_object & maybe_json)),
+        ]
     )
     decoded_parts: list[pl.DataFrame] = []
     bad_parts: list[pl.DataFrame] = [rejected]
@@ -557,22 +668,38 @@ def _decode_json(part: pl.DataFrame, dtype: pl.Struct) -> tuple[pl.DataFrame, pl
 
 
 def _classify_json(part: pl.DataFrame) -> pl.DataFrame:
-    """Why one line failed to decode (cold path: only lines the decoder rejected)."""
-    line = part["line"][0]
+    """Why lines failed to decode (cold path: only lines already rejected)."""
+    return pl.DataFrame(
+        {
+            "source_line": part["source_line"],
+            "raw": part["line"],
+            "reason": pl.Series([_json_reason(line) for line in part["line"]], dtype=pl.String),
+        }
+    )
+
+
+def _json_reason(line: str) -> str:
     try:
         value = json.loads(line)
-        reason = "wrong_json_type" if isinstance(value, dict) else "not_a_json_object"
-    except ValueError:
-        reason = "invalid_json"
-    return pl.DataFrame({"source_line": part["source_line"], "raw": [line], "reason": [reason]})
+    except (ValueError, RecursionError):
+        # RecursionError: nested too deep for any decoder here; unreadable all the same.
+        return "invalid_json"
+    return "wrong_json_type" if isinstance(value, dict) else "not_a_json_object"
 
 
 def parse_csv_lines(lines: pl.DataFrame, header: str, cfg: Config, ingested_at: datetime):
     """Parse CSV records (one per line) against the header; wrong field counts quarantined."""
     sep = cfg.input.csv_separator
-    header_names = pl.read_csv(
-        io.StringIO(header + "\n"), separator=sep, has_header=True, n_rows=0
-    ).columns
+    try:
+        header_names = pl.read_csv(
+            io.StringIO(header + "\n"), separator=sep, has_header=True, n_rows=0
+        ).columns
+    except pl.exceptions.PolarsError:
+        # A stray quote in the header: read its names leniently rather than lose every row.
+        names = next(csv.reader([header], delimiter=sep), [])
+        header_names = [
+            n if n not in names[:i] else f"{n}_duplicated_{i}" for i, n in enumerate(names)
+        ]
     n_fields = len(header_names)
     quoted = r'"(?:[^"]|"")*"'
     counted = lines.with_columns(
@@ -592,24 +719,47 @@ def parse_csv_lines(lines: pl.DataFrame, header: str, cfg: Config, ingested_at: 
     rejected = counted.filter(pl.col("reason").is_not_null()).select(
         "source_line", raw="line", reason=pl.col("reason").str.replace(r":.*", "")
     )
-    good = counted.filter(pl.col("reason").is_null())
-    if good.height:
-        body = header + "\n" + good["line"].str.join("\n").item() + "\n"
-        parsed = pl.read_csv(
-            io.StringIO(body),
-            separator=sep,
-            infer_schema=False,
-            has_header=True,
-        )
-    else:
-        parsed = pl.DataFrame(schema={name: pl.String for name in header_names})
+    good = counted.filter(pl.col("reason").is_null()).select("source_line", "line")
+    parsed, good, unparseable = _read_csv_rows(good, header_names, sep)
     mapping = _mapping(cfg.input)
     table = pl.DataFrame(
         {canonical: parsed[col] for canonical, col in mapping.items() if col in parsed.columns}
         or {"_": pl.Series([None] * good.height, dtype=pl.String)}
     ).with_columns(source_line=good["source_line"], raw=good["line"])
     events, quarantine, issues = canonicalize(table, cfg, ingested_at, "csv")
-    return events, pl.concat([rejected, quarantine]), issues
+    return events, pl.concat([rejected, unparseable, quarantine]), issues
+
+
+def _read_csv_rows(
+    lines: pl.DataFrame, names: list[str], sep: str
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Parse lines into string columns; on failure split in halves to isolate the lines Polars
+    cannot parse (text after a closing quote), which are malformed_line.
+
+    Returns the parsed columns, the lines they came from, and the rejected lines.
+    """
+    empty = pl.DataFrame(schema={name: pl.String for name in names})
+    if not lines.height:
+        return empty, lines, _empty_bad()
+    try:
+        parsed = pl.read_csv(
+            io.StringIO(lines["line"].str.join("\n").item() + "\n"),
+            separator=sep,
+            infer_schema=False,
+            has_header=False,
+            new_columns=names,
+        )
+        if parsed.height == lines.height:
+            return parsed, lines, _empty_bad()
+    except pl.exceptions.PolarsError:
+        pass
+    if lines.height == 1:
+        bad = lines.select("source_line", raw="line", reason=pl.lit("malformed_line"))
+        return empty, lines.clear(), bad
+    half = lines.height // 2
+    parsed1, ok1, bad1 = _read_csv_rows(lines.slice(0, half), names, sep)
+    parsed2, ok2, bad2 = _read_csv_rows(lines.slice(half), names, sep)
+    return pl.concat([parsed1, parsed2]), pl.concat([ok1, ok2]), pl.concat([bad1, bad2])
 
 
 # ------------------------------------------------------------------------- canonicalize
@@ -658,9 +808,10 @@ def canonicalize(
         .then(status_num)
         .cast(pl.Int16),
         revenue_parsed=pl.when(revenue_num.is_finite()).then(revenue_num),
-        url_ok=pl.col("url").str.contains(r"^(/|https?://)"),
+        # Schemes are case-insensitive (RFC 3986), as in normalise_url.
+        url_ok=pl.col("url").str.contains(r"^(/|(?i:https?)://)"),
     )
-    max_ts = ingested_at.replace(tzinfo=None)
+    max_ts = _naive_utc(ingested_at)
     in_range = (pl.col("ts_parsed") >= pl.lit(EARLIEST_TS).dt.replace_time_zone("UTC")) & (
         pl.col("ts_parsed") <= pl.lit(max_ts).dt.replace_time_zone("UTC") + pl.duration(days=1)
     )
@@ -688,8 +839,9 @@ def canonicalize(
         .otherwise(None)
     )
     table = table.with_columns(reason=reason)
+    raw = pl.col("raw") if "raw" in present else pl.lit(None, pl.String)
     rejected = table.filter(pl.col("reason").is_not_null()).select(
-        "source_line", pl.col("raw").str.slice(0, cfg.input.max_line_bytes), "reason"
+        "source_line", raw.str.slice(0, cfg.input.max_line_bytes).alias("raw"), "reason"
     )
     good = table.filter(pl.col("reason").is_null())
     issues = (
@@ -770,10 +922,12 @@ def parse_iso(col: pl.Expr, tz: str) -> pl.Expr:
     sign = pl.when(digits.str.starts_with("-")).then(-1).otherwise(1)
     hours = digits.str.slice(1, 2).cast(pl.Int64, strict=False)
     minutes = digits.str.slice(3, 2).cast(pl.Int64, strict=False).fill_null(0)
+    # An offset is less than a day (hours 00-23, minutes 00-59); "+25:00" is no time zone.
     offset_s = (
         pl.when(offset.str.to_uppercase() == "Z")
         .then(0)
-        .otherwise(sign * (hours * 3600 + minutes * 60))
+        .when((hours <= 23) & (minutes <= 59))
+        .then(sign * (hours * 3600 + minutes * 60))
     )
     with_offset = (naive - pl.duration(seconds=offset_s)).dt.replace_time_zone("UTC")
     return (
@@ -848,7 +1002,10 @@ def scrub_query(col: pl.Expr, scrub: tuple[str, ...]) -> pl.Expr:
     if not scrub:
         return col
     names = "|".join(_regex_escape(s) for s in scrub)
-    cleaned = col.str.replace_all(rf"(?i)([?&])(?:{names})(?:=[^&]*)?(&|$)", "$1$2")
+    pattern = rf"(?i)([?&])(?:{names})(?:=[^&]*)?(&|$)"
+    # A match consumes the `&` after it, which is the `&` the next parameter needs: in a run
+    # of personal parameters one pass removes every other one, so a second pass is needed.
+    cleaned = col.str.replace_all(pattern, "$1$2").str.replace_all(pattern, "$1$2")
     # Removing a parameter leaves stray separators: "?&b=1", "a=1&&b", "/p?".
     return (
         cleaned.str.replace_all(r"\?&+", "?")
@@ -875,6 +1032,11 @@ def _mapping(cfg: InputConfig) -> dict[str, str]:
     import dataclasses
 
     return {f.name: getattr(cfg.columns, f.name) for f in dataclasses.fields(cfg.columns)}
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """A naive datetime in UTC (a naive input is taken to be UTC already)."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _blank_null(col: pl.Expr) -> pl.Expr:

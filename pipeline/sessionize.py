@@ -80,19 +80,28 @@ def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
 def flag_bots(events: pl.LazyFrame, cfg: BotConfig) -> pl.LazyFrame:
     """Add `is_bot`, per anonymous id: a robot user agent or an inhuman step rate."""
     patterns = "|".join(_regex_escape(p.lower()) for p in cfg.user_agent_patterns)
-    ua_bot = (
-        pl.col("user_agent").str.to_lowercase().str.contains(patterns).fill_null(False)
+    # Matched once per distinct user agent, then joined: agents repeat across millions of rows.
+    agents = events.select(pl.col("user_agent").unique()).with_columns(
+        ua_is_bot=pl.col("user_agent").cast(pl.String).str.to_lowercase().str.contains(patterns)
         if patterns
         else pl.lit(False)
     )
+    events = events.join(agents, on="user_agent", how="left", nulls_equal=True)
+    ua_bot = pl.col("ua_is_bot").fill_null(False)
     n = cfg.max_steps_per_minute
-    # More than n steps within 60 s: the step n places earlier is less than a minute ago.
-    too_fast = (
-        pl.col("ts") - pl.col("ts").shift(n).over("anonymous_id", order_by=["ts", "event_id"])
-    ) < pl.duration(seconds=60)
-    return events.with_columns(
-        is_bot=(ua_bot | too_fast.fill_null(False)).any().over("anonymous_id")
+    # More than n steps within 60 s: the step n places earlier, on the same device, is less
+    # than a minute ago. Plain shifts over one sort of a narrow frame, flags joined back per
+    # device: a windowed shift or a full-width sort is far slower on millions of rows.
+    same_device = pl.col("anonymous_id") == pl.col("anonymous_id").shift(n)
+    too_fast = same_device & ((pl.col("ts") - pl.col("ts").shift(n)) < pl.duration(seconds=60))
+    devices = (
+        events.select("anonymous_id", "ts", "ua_is_bot")
+        .sort("anonymous_id", "ts")
+        .with_columns(is_bot_step=ua_bot | too_fast.fill_null(False))
+        .group_by("anonymous_id")
+        .agg(is_bot=pl.col("is_bot_step").any())
     )
+    return events.drop("ua_is_bot").join(devices, on="anonymous_id", how="left")
 
 
 def assign_sessions(events: pl.LazyFrame, cfg: Config) -> pl.LazyFrame:
@@ -107,29 +116,46 @@ def assign_sessions(events: pl.LazyFrame, cfg: Config) -> pl.LazyFrame:
         breaks = breaks | (local_date != local_date.shift(1))
     if s.split_on_campaign_change:
         campaign = pl.concat_str(
-            [pl.col("utm_source").fill_null(""), pl.col("utm_campaign").fill_null("")],
+            [
+                pl.col("utm_source").cast(pl.String).fill_null(""),
+                pl.col("utm_campaign").cast(pl.String).fill_null(""),
+            ],
             separator="/",
         )
-        # A step without UTM tags continues the campaign it came in on.
+        # A step without UTM tags continues the campaign it came in on; a tagged step starts a
+        # session unless its campaign is the one already in effect in this visit (none, for a
+        # visit that began untagged). The carry stays inside the visit: an earlier visit of the
+        # same person must not decide whether this one splits.
+        visit = breaks.cast(pl.UInt32).cum_sum()
         tagged = pl.when(campaign != "/").then(campaign)
-        carried = tagged.forward_fill().over("person_id")
-        breaks = breaks | (tagged.is_not_null() & (tagged != carried.shift(1)).fill_null(False))
-    ordered = ordered.with_columns(visit=breaks.cast(pl.UInt32).cum_sum())
+        in_effect = tagged.forward_fill().shift(1).over(visit)
+        breaks = breaks | (tagged.is_not_null() & (tagged != in_effect).fill_null(True))
     # A visit longer than max_duration_s is cut into consecutive windows of that length.
-    window = (pl.col("ts") - pl.col("ts").min().over("visit")).dt.total_microseconds() // (
-        s.max_duration_s * 1_000_000
+    # Starts are forward-filled from break rows: no per-group window over millions of rows.
+    visit_start = pl.when(breaks).then(pl.col("ts")).forward_fill()
+    window = (pl.col("ts") - visit_start).dt.total_microseconds() // (s.max_duration_s * 1_000_000)
+    ordered = ordered.with_columns(
+        is_session_start=breaks | (window != window.shift(1)).fill_null(True),
+        row=pl.int_range(pl.len(), dtype=pl.Int64),
     )
-    ordered = ordered.with_columns(window=window)
-    started = pl.col("ts").min().over("visit", "window")
+    starts = pl.col("is_session_start")
+    started = pl.when(starts).then(pl.col("ts")).forward_fill()
     return ordered.with_columns(
+        session_seq=starts.cast(pl.UInt32).cum_sum(),
+        is_session_end=starts.shift(-1).fill_null(True),
         session_id=pl.format("{}:{}", pl.col("person_id"), started.dt.epoch("ms").cast(pl.String)),
-    ).with_columns(step=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("session_id"))
+        step=(pl.col("row") - pl.when(starts).then(pl.col("row")).forward_fill() + 1).cast(
+            pl.UInt32
+        ),
+    ).drop("row", "is_session_start")
 
 
 def is_conversion(cfg: ConversionConfig) -> pl.Expr:
     """A step converts when its event type or its URL path matches the `[conversion]` rule."""
     by_event = (
-        pl.col("event_type").is_in(list(cfg.event_types)) if cfg.event_types else pl.lit(False)
+        pl.col("event_type").cast(pl.String).is_in(list(cfg.event_types))
+        if cfg.event_types
+        else pl.lit(False)
     )
     by_url = (
         pl.col("url").str.replace(r"\?.*$", "").str.contains(cfg.url_pattern)
@@ -140,30 +166,51 @@ def is_conversion(cfg: ConversionConfig) -> pl.Expr:
 
 
 def summarise_sessions(steps: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per session: timing, landing/exit, device, channel, campaign, outcome."""
-    sessions = steps.group_by("session_id").agg(
-        person_id=pl.col("person_id").first(),
-        anonymous_id=pl.col("anonymous_id").first(),
-        user_id=pl.col("user_id").drop_nulls().first(),
-        stitched_user_id=pl.col("stitched_user_id").drop_nulls().first(),
-        started_at=pl.col("ts").first(),
-        ended_at=pl.col("ts").last(),
-        n_steps=pl.len().cast(pl.UInt32),
-        landing_url=pl.col("url").first(),
-        exit_url=pl.col("url").last(),
-        referrer=pl.col("referrer").first(),
-        landing_host=pl.col("host").first(),
-        user_agent=pl.col("user_agent").drop_nulls().first(),
-        utm_source=pl.col("utm_source").drop_nulls().first(),
-        utm_medium=pl.col("utm_medium").drop_nulls().first(),
-        utm_campaign=pl.col("utm_campaign").drop_nulls().first(),
-        revenue=pl.col("revenue").sum(),
-        is_bot=pl.col("is_bot").any(),
-        is_converted=pl.col("is_conversion").any(),
+    """One row per session: timing, landing/exit, device, channel, campaign, outcome.
+
+    Landing attributes come from each session's first step and exit attributes from its
+    last; only a narrow frame is grouped. A wide group-by over every step would hold many
+    times the steps in memory.
+    """
+    totals = (
+        steps.select("session_seq", "user_id", "revenue", "is_bot", "is_conversion")
+        .group_by("session_seq")
+        .agg(
+            n_steps=pl.len().cast(pl.UInt32),
+            user_id=pl.col("user_id").drop_nulls().first(),
+            revenue=pl.col("revenue").sum(),
+            is_bot=pl.col("is_bot").any(),
+            is_converted=pl.col("is_conversion").any(),
+        )
     )
-    agents = classify_user_agents(sessions.select("user_agent").unique().collect()["user_agent"])
+    landing = steps.filter(pl.col("step") == 1).select(
+        "session_seq",
+        "session_id",
+        "person_id",
+        "anonymous_id",
+        "stitched_user_id",
+        "referrer",
+        "user_agent",
+        "utm_source",
+        "utm_medium",
+        "utm_campaign",
+        started_at="ts",
+        landing_url="url",
+        landing_host="host",
+    )
+    exits = steps.filter(pl.col("is_session_end")).select(
+        "session_seq", ended_at="ts", exit_url="url"
+    )
+    sessions = (
+        landing.join(totals, on="session_seq").join(exits, on="session_seq").drop("session_seq")
+    )
+    # Stored events may arrive dictionary-encoded; sessions are few enough for plain text.
+    text = ["referrer", "landing_host", "user_agent", "utm_source", "utm_medium", "utm_campaign"]
+    sessions = sessions.with_columns(pl.col(text).cast(pl.String)).collect()
+    agents = classify_user_agents(sessions["user_agent"])
     return (
-        sessions.join(agents.lazy(), on="user_agent", how="left", nulls_equal=True)
+        sessions.lazy()
+        .join(agents.lazy(), on="user_agent", how="left", nulls_equal=True)
         .with_columns(
             user_id=pl.coalesce("user_id", "stitched_user_id"),
             duration_in_s=(pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds() / 1e6,

@@ -31,6 +31,7 @@ from pipeline.schemas import EVENTS, SESSION_STEPS, SESSIONS, UTC_US
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SQL_LAYERS = ("staging", "marts", "macros")
+DUCKDB_MEMORY_LIMIT = "3GB"
 
 _DUCK_TYPES = {
     pl.String: "varchar",
@@ -72,6 +73,10 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
             f"cannot open database {path} ({first}): choose a writable --db FILE"
         ) from err
     con.execute("set TimeZone = 'UTC'")
+    # Polars holds the sessionised frames beside DuckDB in one process: cap DuckDB so it
+    # spills to disk instead of taking the 80 % of RAM it would by default.
+    con.execute(f"set memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    con.execute("set preserve_insertion_order = false")
     return con
 
 
@@ -134,10 +139,8 @@ def next_run_id(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def begin_load(con: duckdb.DuckDBPyConnection) -> None:
-    """Start the run's transaction and an empty staging table for incoming events."""
+    """Start the run's single transaction."""
     con.execute("begin transaction")
-    cols = {**EVENTS.columns, "visitor_key": pl.String()}
-    con.execute(f"create or replace temp table incoming (\n    {_columns_ddl(cols)}\n)")
 
 
 def stage_batch(
@@ -146,79 +149,93 @@ def stage_batch(
     quarantine: pl.DataFrame,
     run_id: int,
     ingested_at: datetime,
-) -> None:
-    """Append one ingested batch: events to the staging table, rejects to raw.quarantine."""
-    if events.height:
-        con.register("batch_events", events.to_arrow())
-        con.execute("insert into incoming by name select * from batch_events")
-        con.unregister("batch_events")
+) -> tuple[int, int]:
+    """Key one ingested batch, insert its new events and its rejects; (accepted, duplicates).
+
+    A duplicate is an event whose `event_id` is already stored (by an earlier run, or by an
+    earlier batch of this one: they share the open transaction) or appears earlier in the
+    batch. Of identical events the one read first is kept. Inserting batch by batch keeps
+    memory bounded by the batch, not by the run.
+    """
     if quarantine.height:
         con.register("batch_quarantine", quarantine.to_arrow())
         con.execute(
-            "insert into raw.quarantine select source, source_line, raw, reason, ?, ? from batch_quarantine",
+            "insert into raw.quarantine "
+            "select source, source_line, raw, reason, ?, ? from batch_quarantine",
             [run_id, ingested_at],
         )
         con.unregister("batch_quarantine")
-
-
-def merge_events(
-    con: duckdb.DuckDBPyConnection, run_id: int, ingested_at: datetime
-) -> pl.DataFrame:
-    """Assign keys, drop duplicates (within the run and against stored events), insert.
-
-    Returns per-source counts: source, n_accepted, n_duplicates. Of identical events the one
-    read first (by source, source_line) is kept.
-    """
-    salt = visitor_salt(con)
-    con.execute(
-        """
-        create or replace temp table keyed as
+    if not events.height:
+        return 0, 0
+    con.register("batch_events", events.to_arrow())
+    columns = ", ".join(EVENTS.columns)
+    n_accepted = con.execute(
+        f"""
+        insert into raw.events
         with hashed as (
             select
                 * exclude (anonymous_id, event_id, visitor_key),
                 coalesce(anonymous_id, md5(? || chr(31) || visitor_key)) as anonymous_id,
-                event_id as given_event_id
-            from incoming
+                event_id as given_event_id,
+            from batch_events
         ),
-        final as (
+        keyed as (
             select
                 coalesce(given_event_id, md5(concat_ws(chr(31),
                     epoch_us(ts)::varchar, anonymous_id, coalesce(user_id, ''), event_type, url,
                     coalesce(host, ''), coalesce(referrer, ''), coalesce(user_agent, ''),
                     coalesce(status::varchar, ''), coalesce(revenue::varchar, '')))) as event_id,
-                * exclude (given_event_id)
+                * exclude (given_event_id),
             from hashed
+        ),
+        first_seen as (
+            select * from keyed
+            qualify row_number() over (partition by event_id order by source_line) = 1
+        ),
+        final as (
+            select {columns}, ? as run_id, ? as ingested_at
+            from first_seen
+            where not exists (select 1 from raw.events as stored where stored.event_id = first_seen.event_id)
         )
-        select
-            *,
-            row_number() over (partition by event_id order by source, source_line) = 1
-                and event_id not in (select event_id from raw.events) as is_new
-        from final
+        select * from final
         """,
-        [salt],
-    )
-    columns = ", ".join(EVENTS.columns)
-    con.execute(
-        f"insert into raw.events select {columns}, ?, ? from keyed where is_new",
-        [run_id, ingested_at],
-    )
-    counts = con.sql(
-        """
-        select source, count(*) filter (where is_new) as n_accepted,
-               count(*) filter (where not is_new) as n_duplicates
-        from keyed group by source
-        """
-    ).to_arrow_table()
-    con.execute("drop table keyed")
-    con.execute("drop table incoming")
-    return pl.from_arrow(counts)
+        [visitor_salt(con), run_id, ingested_at],
+    ).fetchone()[0]
+    con.unregister("batch_events")
+    return n_accepted, events.height - n_accepted
 
 
-def read_events(con: duckdb.DuckDBPyConnection) -> pl.LazyFrame:
-    """Every stored event as a Polars frame (Arrow, no per-row conversion)."""
+# Few distinct values, many rows: dictionary-encoded in memory, one copy per distinct value.
+_CATEGORICAL = (
+    "event_type",
+    "host",
+    "referrer",
+    "user_agent",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+)
+
+
+def read_events(con: duckdb.DuckDBPyConnection, batch_rows: int = 1_000_000) -> pl.LazyFrame:
+    """Every stored event as a Polars frame, streamed from DuckDB in Arrow batches.
+
+    Low-cardinality text columns become Categorical batch by batch, so the peak memory is
+    one batch of plain strings, not the whole table.
+    """
     columns = ", ".join(c for c in EVENTS.columns if c not in ("source", "source_line"))
-    table = con.sql(f"select {columns} from raw.events").to_arrow_table()
-    return pl.from_arrow(table).lazy().with_columns(pl.col("ts").cast(UTC_US))
+    reader = con.sql(f"select {columns} from raw.events").to_arrow_reader(batch_rows)
+    parts = [
+        pl.from_arrow(batch).with_columns(
+            pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US)
+        )
+        for batch in reader
+    ]
+    if not parts:
+        return pl.DataFrame(
+            schema={c: t for c, t in EVENTS.columns.items() if c not in ("source", "source_line")}
+        ).lazy()
+    return pl.concat(parts, rechunk=False).lazy()
 
 
 def replace_marts(

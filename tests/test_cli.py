@@ -1,0 +1,375 @@
+"""The `journeymap` command line, in-process: `CliRunner` against `cli`, and `main(argv)`, which
+maps errors to exit codes and one-line messages (what the installed script runs).
+
+Counts in the expected summaries are worked out by hand from the log lines below.
+"""
+
+from __future__ import annotations
+
+import re
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from pipeline import __version__, sessionize, store
+from pipeline.cli import FORMAT_CHOICES, cli, main
+
+FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:123.0) Gecko/20100101 Firefox/123.0"
+
+
+def _line(ip: str, ts: str, target: str, agent: str = FIREFOX, status: int = 200) -> str:
+    return f'{ip} - - [{ts} +0000] "GET {target} HTTP/1.1" {status} 512 "-" "{agent}"'
+
+
+# 7 lines read: 5 accepted (1, 2, 3, 6, 7), 1 duplicate (4 repeats 1), 1 quarantined (5).
+# Steps: 1.1.1.1 has /, /products, /checkout/success (the .js is not a step) within 20 minutes:
+# one human session, converted. 2.2.2.2 is curl: one bot session.
+ACCESS_LOG = (
+    "\n".join(
+        [
+            _line("1.1.1.1", "05/Mar/2024:10:00:00", "/"),
+            _line("1.1.1.1", "05/Mar/2024:10:00:01", "/static/app.js"),
+            _line("1.1.1.1", "05/Mar/2024:10:05:00", "/products?page=2"),
+            _line("1.1.1.1", "05/Mar/2024:10:00:00", "/"),
+            "this is not a log line",
+            _line("2.2.2.2", "05/Mar/2024:10:10:00", "/", agent="curl/8.4.0"),
+            _line("1.1.1.1", "05/Mar/2024:10:20:00", "/checkout/success"),
+        ]
+    )
+    + "\n"
+)
+
+
+@pytest.fixture
+def access_log(tmp_path):
+    path = tmp_path / "access.log"
+    path.write_text(ACCESS_LOG, encoding="utf-8")
+    return path
+
+
+def count_in(summary: str, label: str) -> int:
+    """The number on the summary row labelled `label` (table borders are skipped)."""
+    match = re.search(rf"^\W*{re.escape(label)}\W+([\d,]+)\W*$", summary, re.MULTILINE)
+    assert match, f"no row {label!r} in:\n{summary}"
+    return int(match.group(1).replace(",", ""))
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err: str) -> str:
+    """stderr is exactly one `journeymap: error: ...` line, with no traceback."""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("journeymap: error: ")
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------- run
+
+
+def test_run_summarises_read_accepted_duplicates_and_quarantined(access_log, tmp_path):
+    """`run` exits 0 and its summary counts 7 read, 5 accepted, 1 duplicate, 1 quarantined."""
+    db = tmp_path / "out" / "journeymap.duckdb"
+    result = CliRunner().invoke(cli, ["run", "--input", str(access_log), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    counts = {
+        label: count_in(result.stdout, label)
+        for label in ("rows read", "accepted", "duplicates", "quarantined", "malformed_line")
+    }
+    assert counts == {
+        "rows read": 7,
+        "accepted": 5,
+        "duplicates": 1,
+        "quarantined": 1,
+        "malformed_line": 1,
+    }
+    assert count_in(result.stdout, "sessions (human)") == 1
+    assert count_in(result.stdout, "converted") == 1
+    assert count_in(result.stdout, "bot sessions") == 1
+
+
+def test_run_stores_what_the_summary_reports(access_log, tmp_path):
+    """The database holds the 5 accepted events, the 1 quarantined line and 2 sessions."""
+    db = tmp_path / "journeymap.duckdb"
+    result = CliRunner().invoke(cli, ["run", "--input", str(access_log), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    con = store.connect(db, read_only=True)
+    try:
+        n_events = store.query(con, "select count(*) as n from raw.events").item()
+        quarantined = store.query(con, "select source_line, reason from raw.quarantine").rows()
+        sessions = store.query(
+            con, "select n_steps, is_bot, is_converted from marts.sessions order by is_bot"
+        ).rows()
+    finally:
+        con.close()
+    assert n_events == 5
+    assert quarantined == [(5, "malformed_line")]
+    assert sessions == [(3, False, True), (1, True, False)]
+
+
+def test_rerunning_the_same_file_adds_nothing(access_log, tmp_path):
+    """A second run over the same file accepts 0 rows: all 6 parseable lines are duplicates."""
+    db = tmp_path / "journeymap.duckdb"
+    runner = CliRunner()
+    args = ["run", "--input", str(access_log), "--db", str(db)]
+    assert runner.invoke(cli, args).exit_code == 0
+    second = runner.invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert count_in(second.stdout, "rows read") == 7
+    assert count_in(second.stdout, "accepted") == 0
+    assert count_in(second.stdout, "duplicates") == 5 + 1
+    assert count_in(second.stdout, "quarantined") == 1
+
+
+def test_quarantined_rows_do_not_fail_the_run(access_log, tmp_path, capsys):
+    """main() returns 0 for a run that quarantined rows, and says where they went."""
+    code, out, err = run_main(capsys, "run", "--input", access_log, "--db", tmp_path / "j.db")
+    assert code == 0, err
+    assert count_in(out, "quarantined") == 1
+    assert "raw.quarantine" in out
+
+
+def test_quiet_prints_nothing(access_log, tmp_path, capsys):
+    """--quiet: no summary and no progress; the run still happens."""
+    code, out, err = run_main(
+        capsys, "run", "--quiet", "--input", access_log, "--db", tmp_path / "j.db"
+    )
+    assert (code, out, err) == (0, "", "")
+    assert (tmp_path / "j.db").is_file()
+
+
+# ---------------------------------------------------------------------------- usage errors
+
+
+def test_missing_input_file_is_a_usage_error_naming_the_path(tmp_path, capsys):
+    """A missing --input file: exit 2, one line on stderr naming the path, no traceback."""
+    missing = tmp_path / "nope" / "access.log"
+    code, out, err = run_main(capsys, "run", "--input", missing, "--db", tmp_path / "j.db")
+    assert code == 2
+    assert str(missing) in assert_one_line_error(err)
+    assert not (tmp_path / "j.db").exists()
+
+
+def test_unknown_format_is_a_usage_error_naming_the_allowed_formats(access_log, tmp_path, capsys):
+    """--format xml: exit 2, one line listing auto, combined, common, ndjson, csv, parquet."""
+    code, _, err = run_main(
+        capsys, "run", "--input", access_log, "--db", tmp_path / "j.db", "--format", "xml"
+    )
+    assert code == 2
+    line = assert_one_line_error(err)
+    assert "'xml'" in line
+    for fmt in ("auto", "combined", "common", "ndjson", "csv", "parquet"):
+        assert fmt in line
+    assert set(FORMAT_CHOICES) == {"auto", "combined", "common", "ndjson", "csv", "parquet"}
+
+
+def test_missing_required_option_is_one_line(tmp_path, capsys):
+    """`run` without --input: exit 2, one line naming the option and pointing at --help."""
+    code, _, err = run_main(capsys, "run", "--db", tmp_path / "j.db")
+    assert code == 2
+    line = assert_one_line_error(err)
+    assert "--input" in line
+    assert "journeymap run --help" in line
+
+
+def test_missing_required_option_with_clirunner():
+    """Click itself (standalone mode) also exits 2 for a missing required option."""
+    result = CliRunner().invoke(cli, ["run", "--input", "x.log"])
+    assert result.exit_code == 2
+    assert "Missing option '--db'" in result.stderr
+
+
+def test_unknown_command_is_one_line(capsys):
+    """An unknown command: exit 2, one line naming it."""
+    code, _, err = run_main(capsys, "frobnicate")
+    assert code == 2
+    assert "frobnicate" in assert_one_line_error(err)
+
+
+def test_no_command_shows_usage_not_an_error(capsys):
+    """`journeymap` alone prints the usage and commands (not 'error: Usage: ...') and exits 2,
+    as click does."""
+    code, _, err = run_main(capsys)
+    assert code == 2
+    assert err.startswith("Usage: journeymap")
+    assert "error" not in err.lower()
+    assert "run" in err and "sample" in err
+
+
+def test_an_internal_error_is_one_line_and_leaves_the_database_unchanged(
+    access_log, tmp_path, capsys, monkeypatch
+):
+    """A bug mid-run: exit 4, one `internal error` line (even for a multi-line exception), and
+    the previous run's data still there; the failed run is recorded."""
+    db = tmp_path / "j.db"
+    assert run_main(capsys, "run", "--quiet", "--input", access_log, "--db", db)[0] == 0
+
+    def broken(events, cfg):
+        raise RuntimeError("boom\nsecond line of detail")
+
+    monkeypatch.setattr(sessionize, "sessionize", broken)
+    other = tmp_path / "other.log"
+    other.write_text(_line("3.3.3.3", "06/Mar/2024:09:00:00", "/") + "\n", encoding="utf-8")
+    code, _, err = run_main(capsys, "run", "--quiet", "--input", other, "--db", db)
+    assert code == 4
+    assert "Traceback" not in err
+    assert err.splitlines() == [
+        "journeymap: internal error: RuntimeError: boom "
+        "(the database is unchanged; please report this)"
+    ]
+    con = store.connect(db, read_only=True)
+    try:
+        n_events = store.query(con, "select count(*) from raw.events").item()
+        n_sessions = store.query(con, "select count(*) from marts.sessions").item()
+        runs = store.query(con, "select run_id, status from raw.runs order by run_id").rows()
+    finally:
+        con.close()
+    assert (n_events, n_sessions) == (5, 2)
+    assert runs == [(1, "ok"), (2, "failed")]
+
+
+# ----------------------------------------------------------------------------- store errors
+
+
+def test_db_inside_a_regular_file_is_a_store_error(access_log, tmp_path, capsys):
+    """--db whose parent is a regular file: exit 3, one line naming the database."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x", encoding="utf-8")
+    db = blocker / "j.duckdb"
+    code, _, err = run_main(capsys, "run", "--input", access_log, "--db", db)
+    assert code == 3
+    assert str(blocker) in assert_one_line_error(err)
+
+
+def test_db_under_a_regular_file_deeper_down_is_a_store_error(access_log, tmp_path, capsys):
+    """--db two levels under a regular file (the directory cannot be created): exit 3."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x", encoding="utf-8")
+    code, _, err = run_main(
+        capsys, "run", "--input", access_log, "--db", blocker / "sub" / "j.duckdb"
+    )
+    assert code == 3
+    assert str(blocker) in assert_one_line_error(err)
+
+
+def test_directory_as_db_is_a_store_error(access_log, tmp_path, capsys):
+    """A directory given as --db: exit 3, one line."""
+    directory = tmp_path / "dbdir"
+    directory.mkdir()
+    code, _, err = run_main(capsys, "run", "--input", access_log, "--db", directory)
+    assert code == 3
+    assert str(directory) in assert_one_line_error(err)
+
+
+# ---------------------------------------------------------------------------- config errors
+
+
+def _run_with_config(capsys, tmp_path, access_log, text: str) -> tuple[int, str]:
+    config = tmp_path / "journeymap.toml"
+    config.write_text(text, encoding="utf-8")
+    code, _, err = run_main(
+        capsys, "run", "--input", access_log, "--db", tmp_path / "j.db", "--config", config
+    )
+    return code, err
+
+
+def test_config_with_an_unknown_key_suggests_the_right_one(access_log, tmp_path, capsys):
+    """`[sessions] timeout = 60`: exit 2, "did you mean 'sessions.timeout_s'"."""
+    code, err = _run_with_config(capsys, tmp_path, access_log, "[sessions]\ntimeout = 60\n")
+    assert code == 2
+    assert "did you mean 'sessions.timeout_s'" in assert_one_line_error(err)
+    assert not (tmp_path / "j.db").exists()
+
+
+def test_config_with_a_wrong_type_is_a_usage_error(access_log, tmp_path, capsys):
+    """`timeout_s = "30"` (a string): exit 2, one line naming the key and the type."""
+    code, err = _run_with_config(capsys, tmp_path, access_log, '[sessions]\ntimeout_s = "30"\n')
+    assert code == 2
+    line = assert_one_line_error(err)
+    assert "sessions.timeout_s" in line
+    assert "int" in line
+
+
+def test_config_that_is_not_toml_is_a_usage_error(access_log, tmp_path, capsys):
+    """A config file that is not TOML: exit 2, one line saying so."""
+    code, err = _run_with_config(capsys, tmp_path, access_log, "{ this is: json-ish }\n")
+    assert code == 2
+    assert "not valid TOML" in assert_one_line_error(err)
+
+
+def test_missing_config_file_is_a_usage_error(access_log, tmp_path, capsys):
+    """--config pointing nowhere: exit 2, one line naming the path."""
+    missing = tmp_path / "missing.toml"
+    code, _, err = run_main(
+        capsys, "run", "--input", access_log, "--db", tmp_path / "j.db", "--config", missing
+    )
+    assert code == 2
+    assert str(missing) in assert_one_line_error(err)
+
+
+def test_unknown_timezone_is_a_usage_error(access_log, tmp_path, capsys):
+    """`sessions.timezone = "Mars/Olympus"`: exit 2, one line naming key and value."""
+    code, err = _run_with_config(
+        capsys, tmp_path, access_log, '[sessions]\ntimezone = "Mars/Olympus"\n'
+    )
+    assert code == 2
+    line = assert_one_line_error(err)
+    assert "sessions.timezone" in line
+    assert "Mars/Olympus" in line
+
+
+def test_config_is_applied_to_the_run(access_log, tmp_path, capsys):
+    """The config reaches sessionize: with timeout_s = 240, the human's steps at 10:00, 10:05
+    and 10:20 are three sessions (gaps of 5 and 15 minutes both exceed 4 minutes)."""
+    code, err = _run_with_config(capsys, tmp_path, access_log, "[sessions]\ntimeout_s = 240\n")
+    assert code == 0, err
+    con = store.connect(tmp_path / "j.db", read_only=True)
+    try:
+        n_human = store.query(con, "select count(*) from marts.sessions where not is_bot").item()
+    finally:
+        con.close()
+    assert n_human == 3
+
+
+# --------------------------------------------------------------------------- help, version
+
+
+@pytest.mark.parametrize("name", sorted(cli.commands))
+def test_help_lists_every_option_with_help_text(name):
+    """`<command> --help` exits 0 and shows every option, each with help text."""
+    command = cli.commands[name]
+    result = CliRunner().invoke(cli, [name, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    options = [p for p in command.params if isinstance(p, click.Option)]
+    assert options
+    for option in options:
+        assert option.help, f"{name} {option.opts} has no help text"
+        for flag in option.opts:
+            assert flag in result.output
+        assert option.help.split()[0] in result.output
+
+
+def test_group_help_lists_the_commands():
+    """`--help` (and `-h`) lists every command."""
+    for flag in ("--help", "-h"):
+        result = CliRunner().invoke(cli, [flag])
+        assert result.exit_code == 0
+        for name in cli.commands:
+            assert name in result.output
+        assert "--version" in result.output
+
+
+def test_version(capsys):
+    """`--version` prints the package version and exits 0, via click and via main()."""
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"journeymap, version {__version__}"
+    code, out, _ = run_main(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"journeymap, version {__version__}"
