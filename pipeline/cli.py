@@ -170,10 +170,11 @@ def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, in
     store.replace_marts(con, sessions, steps)
     store.create_views(con)
     human = sessions.filter(~pl.col("is_bot"))
+    journeys = human if cfg.bots.exclude_from_journeys else sessions
     summary.n_sessions = sessions.height
     summary.n_bot_sessions = sessions.height - human.height
-    summary.n_persons = human["person_id"].n_unique()
-    summary.n_converted_sessions = int(human["is_converted"].sum())
+    summary.n_persons = journeys["person_id"].n_unique()
+    summary.n_converted_sessions = int(journeys["is_converted"].sum())
     summary.stage_seconds["store"] = time.perf_counter() - t0
     store.record_run(
         con,
@@ -284,9 +285,7 @@ def run(
 
 def _print_summary(s: RunSummary, db: Path, seconds: float) -> None:
     console = Console(highlight=False)
-    table = Table(
-        title=f"journeymap run {s.run_id} → {db}", show_header=False, title_justify="left"
-    )
+    table = Table(title=f"journeymap run {s.run_id}: {db}", show_header=False, title_justify="left")
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("rows read", f"{s.n_read:,}")
@@ -306,8 +305,8 @@ def _print_summary(s: RunSummary, db: Path, seconds: float) -> None:
     console.print(table)
     if s.n_quarantined:
         console.print(
-            f"Quarantined rows are in raw.quarantine: journeymap sql is coming; for now "
-            f'`duckdb {db} "from marts.quarantine_by_reason"`.'
+            "Rejected rows are kept verbatim in raw.quarantine; "
+            "counts per file and reason in the view marts.quarantine_by_reason."
         )
 
 

@@ -115,8 +115,9 @@ def discover_inputs(paths: list[str | Path]) -> list[Path]:
 def detect_format(path: Path) -> str:
     """Guess a file's format from its extension, then from its first lines.
 
-    The first line that looks like NDJSON or an access log decides, so one damaged line at
-    the top (a log rotated mid-write) does not make the file unreadable.
+    Most of the lines that look like NDJSON or an access log decide (the first on a tie), so
+    one damaged line at the top (a log rotated mid-write) neither makes the file unreadable
+    nor, being a combined line cut short, makes it a common log without user agents.
     """
     name = path.name.lower().removesuffix(".gz")
     suffix = Path(name).suffix
@@ -140,11 +141,14 @@ def detect_format(path: Path) -> str:
             .then(pl.lit("combined"))
             .when(line.str.contains(COMMON_RE))
             .then(pl.lit("common"))
-        )["kind"]
+        )
         .drop_nulls()
+        .group_by("kind", maintain_order=True)
+        .len()
+        .sort("len", descending=True, maintain_order=True)
     )
-    if len(kinds):
-        return kinds[0]
+    if kinds.height:
+        return kinds["kind"][0]
     if suffix == ".parquet":
         return "parquet"
     if "," in text or ";" in text or "\t" in text:
@@ -391,7 +395,9 @@ def _split_lines(
     lines = pl.DataFrame({"source_line": line_nos, "line": pl.from_arrow(arr), "n_bytes": lengths})
     lines = lines.with_columns(pl.col("line").str.strip_suffix("\n").str.strip_suffix("\r"))
     if invalid.size:
-        lines = lines.filter(~pl.int_range(pl.len()).is_in(pl.Series(invalid, dtype=pl.Int64)))
+        keep = np.ones(n, dtype=bool)
+        keep[invalid] = False
+        lines = lines.filter(pl.Series(keep))
 
     reason = (
         pl.when(pl.col("n_bytes") > max_line_bytes)
@@ -419,20 +425,33 @@ def _split_lines(
     )
 
 
+UTF8_WINDOW_BYTES = 1 << 20
+
+
 def _invalid_utf8_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Indices of the lines holding bytes that are not UTF-8 (usually none: one decode)."""
+    """Indices of the lines holding bytes that are not UTF-8 (usually none).
+
+    Decodes in windows of about 1 MiB ending at a line break: a decode error copies the
+    whole input it was given into the exception, so one big decode would cost O(size) per
+    bad line.
+    """
+    if data.isascii():
+        return np.empty(0, dtype=np.int64)
     bad: list[int] = []
     view = memoryview(data)
     pos = 0
-    while pos < len(data):
+    size = len(data)
+    while pos < size:
+        # Window end: the first line end at or after pos + window (or the end of the data).
+        i_end = int(np.searchsorted(ends, min(pos + UTF8_WINDOW_BYTES, size), side="left"))
+        stop = int(ends[i_end]) + 1 if i_end < len(ends) else size
         try:
-            str(view[pos:], "utf-8")
-            break
+            str(view[pos:stop], "utf-8")
+            pos = stop
         except UnicodeDecodeError as err:
-            at = pos + err.start
-            i = int(np.searchsorted(ends, at, side="left"))
+            i = int(np.searchsorted(ends, pos + err.start, side="left"))
             bad.append(i)
-            pos = int(ends[i]) + 1 if i < len(ends) else len(data)
+            pos = int(ends[i]) + 1 if i < len(ends) else size
     return np.array(bad, dtype=np.int64)
 
 
@@ -855,20 +874,40 @@ def canonicalize(
     issues = issues.with_columns(
         source=pl.lit(None, pl.String), n_rows=pl.col("n_rows").cast(pl.Int64)
     )
-    url = normalise_url(pl.col("url"), cfg.privacy.scrub_query_params)
-    events = good.with_columns(
-        ts=pl.col("ts_parsed"),
-        status=pl.col("status_parsed"),
-        revenue=pl.col("revenue_parsed"),
-        host=pl.coalesce(url.struct.field("host"), pl.col("host").str.to_lowercase()),
-        url=url.struct.field("url"),
-        referrer=scrub_query(
-            pl.col("referrer").str.replace(r"#.*$", ""), cfg.privacy.scrub_query_params
-        ),
+    # URLs and referrers repeat heavily (a catalogue, not a per-event value): normalise each
+    # distinct one once and join the result back.
+    scrub = cfg.privacy.scrub_query_params
+    urls = good.select(pl.col("url").alias("raw_url")).unique()
+    url = normalise_url(pl.col("raw_url"), scrub)
+    urls = urls.with_columns(
+        url_host=url.struct.field("host"), clean_url=url.struct.field("url")
     ).with_columns(
-        utm_source=query_param(pl.col("url"), "utm_source"),
-        utm_medium=query_param(pl.col("url"), "utm_medium"),
-        utm_campaign=query_param(pl.col("url"), "utm_campaign"),
+        utm_source=query_param(pl.col("clean_url"), "utm_source"),
+        utm_medium=query_param(pl.col("clean_url"), "utm_medium"),
+        utm_campaign=query_param(pl.col("clean_url"), "utm_campaign"),
+    )
+    referrers = good.select(pl.col("referrer").alias("raw_referrer")).unique().drop_nulls()
+    referrers = referrers.with_columns(
+        clean_referrer=scrub_query(pl.col("raw_referrer").str.replace(r"#.*$", ""), scrub)
+    )
+    events = (
+        good.drop("utm_source", "utm_medium", "utm_campaign", strict=False)
+        .join(urls, left_on="url", right_on="raw_url", how="left", maintain_order="left")
+        .join(
+            referrers,
+            left_on="referrer",
+            right_on="raw_referrer",
+            how="left",
+            maintain_order="left",
+        )
+        .with_columns(
+            ts=pl.col("ts_parsed"),
+            status=pl.col("status_parsed"),
+            revenue=pl.col("revenue_parsed"),
+            host=pl.coalesce(pl.col("url_host"), pl.col("host").str.to_lowercase()),
+            url=pl.col("clean_url"),
+            referrer=pl.col("clean_referrer"),
+        )
     )
     out = conform(events.lazy(), EVENTS).collect().with_columns(visitor_key=events["visitor_key"])
     return out, rejected, issues
