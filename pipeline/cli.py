@@ -285,7 +285,8 @@ def run(
 
 def _print_summary(s: RunSummary, db: Path, seconds: float) -> None:
     console = Console(highlight=False)
-    table = Table(title=f"journeymap run {s.run_id}: {db}", show_header=False, title_justify="left")
+    console.print(f"journeymap run {s.run_id} into {db}")
+    table = Table(show_header=False)
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("rows read", f"{s.n_read:,}")
