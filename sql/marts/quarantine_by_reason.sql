@@ -1,5 +1,6 @@
 -- marts.quarantine_by_reason: rejected input rows per run, file and reason
--- (grain: run_id x source x reason). Every rejected row is in raw.quarantine verbatim.
+-- (grain: run_id x source x reason). Every rejected row is in raw.quarantine as read
+-- (IP addresses masked as <ip>: a raw IP is never stored).
 -- Columns: run_id, source, reason, count_rows, first_source_line, example_raw
 create or replace view marts.quarantine_by_reason as
 with quarantine as (
