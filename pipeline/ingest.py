@@ -1040,7 +1040,7 @@ def scrub_query(col: pl.Expr, scrub: tuple[str, ...]) -> pl.Expr:
     """Remove query parameters that carry personal data (names matched case-insensitively)."""
     if not scrub:
         return col
-    names = "|".join(_regex_escape(s) for s in scrub)
+    names = "|".join(pl.escape_regex(s) for s in scrub)
     pattern = rf"(?i)([?&])(?:{names})(?:=[^&]*)?(&|$)"
     # A match consumes the `&` after it, which is the `&` the next parameter needs: in a run
     # of personal parameters one pass removes every other one, so a second pass is needed.
@@ -1054,14 +1054,10 @@ def scrub_query(col: pl.Expr, scrub: tuple[str, ...]) -> pl.Expr:
 
 
 def query_param(col: pl.Expr, name: str) -> pl.Expr:
-    value = col.str.extract(rf"[?&]{_regex_escape(name)}=([^&]*)", 1)
+    value = col.str.extract(rf"[?&]{pl.escape_regex(name)}=([^&]*)", 1)
     return pl.when(value != "").then(
         value.str.replace_all("+", " ", literal=True).str.to_lowercase()
     )
-
-
-def _regex_escape(text: str) -> str:
-    return "".join("\\" + c if c in r".^$*+?()[]{}|\-/" else c for c in text)
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -79,7 +79,7 @@ def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
 
 def flag_bots(events: pl.LazyFrame, cfg: BotConfig) -> pl.LazyFrame:
     """Add `is_bot`, per anonymous id: a robot user agent or an inhuman step rate."""
-    patterns = "|".join(_regex_escape(p.lower()) for p in cfg.user_agent_patterns)
+    patterns = "|".join(pl.escape_regex(p.lower()) for p in cfg.user_agent_patterns)
     # Matched once per distinct user agent, then joined: agents repeat across millions of rows.
     agents = events.select(pl.col("user_agent").unique()).with_columns(
         ua_is_bot=pl.col("user_agent").cast(pl.String).str.to_lowercase().str.contains(patterns)
@@ -322,7 +322,3 @@ def _device_class(ua: str, device_family: str | None, os_family: str | None) -> 
     ):
         return "desktop"
     return "other"
-
-
-def _regex_escape(text: str) -> str:
-    return "".join("\\" + c if c in r".^$*+?()[]{}|\-/" else c for c in text)
