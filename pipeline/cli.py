@@ -306,7 +306,7 @@ def _print_summary(s: RunSummary, db: Path, seconds: float) -> None:
     console.print(table)
     if s.n_quarantined:
         console.print(
-            "Rejected rows are kept verbatim in raw.quarantine; "
+            "Rejected rows are kept as read (IPs masked) in raw.quarantine; "
             "counts per file and reason in the view marts.quarantine_by_reason."
         )
 
