@@ -1,0 +1,540 @@
+"""Journeys: touchpoint steps → transitions, paths and ranked conversion blockers (Polars).
+
+A journey is a human session's touchpoints in order, consecutive repeats collapsed into one
+step with a repeat count, up to and including its first conversion step. It starts at the
+synthetic `START` and ends in `CONVERSION` (converted) or `EXIT` (abandoned). Steps after the
+first conversion (order status, returns, questions) are the service phase: they stay in
+`marts.session_steps` but are not part of the purchase journey.
+
+>>> steps = collapse_repeats(touchpoint_steps)          # doctest: +SKIP
+>>> transitions = count_transitions(steps)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+START, CONVERSION, EXIT = "START", "CONVERSION", "EXIT"
+SEGMENT_DIMENSIONS = ("device", "browser", "os", "channel", "device_browser")
+PATH_SEPARATOR = " > "
+
+JOURNEY_STEPS_SCHEMA = {
+    "session_id": pl.String(),
+    "position": pl.UInt32(),
+    "touchpoint": pl.String(),
+    "stage": pl.String(),
+    "entered_at": pl.Datetime("us", "UTC"),
+    "left_at": pl.Datetime("us", "UTC"),
+    "n_repeats": pl.UInt32(),
+    "n_errors": pl.UInt32(),
+    "is_conversion": pl.Boolean(),
+}
+
+
+def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per journey step: consecutive repeats of a touchpoint merged, cut after the
+    first conversion.
+
+    Input: session_steps with `touchpoint` and `stage` (see `touchpoints.assign_touchpoints`).
+    Output columns: session_id, position (1-based), touchpoint, stage, entered_at, left_at,
+    n_repeats (extra consecutive visits: a signal of friction), n_errors (steps answered with
+    HTTP 5xx), is_conversion.
+    """
+    ordered = touchpoint_steps.sort("session_id", "step")
+    same_session = pl.col("session_id") == pl.col("session_id").shift(1)
+    new_step = ~same_session.fill_null(False) | (
+        pl.col("touchpoint") != pl.col("touchpoint").shift(1)
+    )
+    # Steps after the first conversion step of a session are the service phase.
+    converted_before = pl.col("is_conversion").cast(pl.UInt32).cum_sum().over(
+        "session_id"
+    ) - pl.col("is_conversion").cast(pl.UInt32)
+    return (
+        ordered.with_columns(
+            group=new_step.cast(pl.UInt32).cum_sum(), converted_before=converted_before
+        )
+        .filter(pl.col("converted_before") == 0)
+        .group_by("group")
+        .agg(
+            session_id=pl.col("session_id").first(),
+            touchpoint=pl.col("touchpoint").first(),
+            stage=pl.col("stage").first(),
+            entered_at=pl.col("ts").first(),
+            left_at=pl.col("ts").last(),
+            n_repeats=(pl.len() - 1).cast(pl.UInt32),
+            n_errors=(pl.col("status") >= 500).sum().cast(pl.UInt32),
+            is_conversion=pl.col("is_conversion").any(),
+        )
+        .sort("group")
+        .with_columns(position=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("session_id"))
+        .select(list(JOURNEY_STEPS_SCHEMA))
+    )
+
+
+def journey_edges(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """Every transition of every journey, START and CONVERSION/EXIT included.
+
+    Columns: session_id, from_touchpoint, to_touchpoint, seconds (between entering the two
+    steps; null for synthetic nodes), plus the session's segment columns and date.
+    """
+    steps = journey_steps.select("session_id", "position", "touchpoint", "entered_at")
+    last = steps.group_by("session_id").agg(
+        position=pl.col("position").max() + 1, from_entered=pl.col("entered_at").max()
+    )
+    outcome = sessions.select("session_id", "is_converted")
+    inner = steps.with_columns(
+        from_touchpoint=pl.col("touchpoint").shift(1).over("session_id", order_by="position"),
+        from_entered=pl.col("entered_at").shift(1).over("session_id", order_by="position"),
+    ).select(
+        "session_id",
+        "position",
+        pl.col("from_touchpoint").fill_null(START),
+        to_touchpoint="touchpoint",
+        seconds=(pl.col("entered_at") - pl.col("from_entered")).dt.total_microseconds() / 1e6,
+    )
+    last_touchpoint = steps.join(
+        last.select("session_id", position=pl.col("position") - 1), on=["session_id", "position"]
+    ).select("session_id", from_touchpoint="touchpoint")
+    ends = (
+        last.join(last_touchpoint, on="session_id")
+        .join(outcome, on="session_id")
+        .select(
+            "session_id",
+            "position",
+            "from_touchpoint",
+            to_touchpoint=pl.when(pl.col("is_converted"))
+            .then(pl.lit(CONVERSION))
+            .otherwise(pl.lit(EXIT)),
+            seconds=pl.lit(None, pl.Float64),
+        )
+    )
+    edges = pl.concat([inner, ends])
+    return edges.join(session_segments(sessions), on="session_id")
+
+
+def session_segments(sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """The segment columns of each journey session, and its date."""
+    return sessions.select(
+        "session_id",
+        "device",
+        "browser",
+        "os",
+        "channel",
+        device_browser=pl.format("{} / {}", pl.col("device"), pl.col("browser")),
+        session_date=pl.col("started_at").dt.date(),
+    )
+
+
+def count_transitions(edges: pl.LazyFrame, by: str | None = None) -> pl.LazyFrame:
+    """Transition counts: from_touchpoint, to_touchpoint, n_transitions, n_sessions,
+    median_seconds; with `by`, one block per value of that segment column."""
+    keys = (
+        ["from_touchpoint", "to_touchpoint"]
+        if by is None
+        else [by, "from_touchpoint", "to_touchpoint"]
+    )
+    return (
+        edges.group_by(keys)
+        .agg(
+            n_transitions=pl.len().cast(pl.Int64),
+            n_sessions=pl.col("session_id").n_unique().cast(pl.Int64),
+            median_seconds=pl.col("seconds").median(),
+        )
+        .sort(
+            [*keys[:-2], "n_transitions", "from_touchpoint", "to_touchpoint"],
+            descending=[*[False] * (len(keys) - 2), True, False, False],
+        )
+    )
+
+
+def transitions_by_segment(edges: pl.LazyFrame) -> pl.LazyFrame:
+    """Transition counts broken down by device, browser, channel and date, stacked:
+    segment_type, segment_value, from_touchpoint, to_touchpoint, n_transitions, n_sessions,
+    median_seconds."""
+    blocks = []
+    for dim in ("device", "browser", "channel", "session_date"):
+        blocks.append(
+            count_transitions(edges, by=dim).select(
+                pl.lit("date" if dim == "session_date" else dim).alias("segment_type"),
+                pl.col(dim).cast(pl.String).alias("segment_value"),
+                "from_touchpoint",
+                "to_touchpoint",
+                "n_transitions",
+                "n_sessions",
+                "median_seconds",
+            )
+        )
+    return pl.concat(blocks)
+
+
+# ------------------------------------------------------------------------------- paths
+
+
+def session_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per journey: its path, the path with loops folded, length, outcome, time."""
+    # Loops folded: each touchpoint kept at its first visit (A > B > A > C becomes A > B > C).
+    folded = (
+        journey_steps.sort("session_id", "position")
+        .filter(pl.col("touchpoint").is_first_distinct().over("session_id"))
+        .group_by("session_id")
+        .agg(path_folded=pl.col("touchpoint").sort_by("position").str.join(PATH_SEPARATOR))
+    )
+    paths = journey_steps.group_by("session_id").agg(
+        path=pl.col("touchpoint").sort_by("position").str.join(PATH_SEPARATOR),
+        n_steps=pl.len().cast(pl.UInt32),
+        first_at=pl.col("entered_at").min(),
+        converted_at=pl.col("entered_at").filter(pl.col("is_conversion")).min(),
+    )
+    return (
+        paths.join(folded, on="session_id")
+        .join(sessions.select("session_id", "is_converted"), on="session_id")
+        .select(
+            "session_id",
+            "path",
+            "path_folded",
+            "n_steps",
+            outcome=pl.when(pl.col("is_converted"))
+            .then(pl.lit("converted"))
+            .otherwise(pl.lit("abandoned")),
+            seconds_to_convert=(pl.col("converted_at") - pl.col("first_at")).dt.total_microseconds()
+            / 1e6,
+        )
+    )
+
+
+def top_paths(paths: pl.LazyFrame, top: int = 50) -> pl.LazyFrame:
+    """The most frequent converting and abandoning paths (exact and loop-folded variants).
+
+    Columns: outcome, variant (exact | folded), rank, path, n_sessions, share (of the
+    outcome's journeys), median_steps, median_seconds_to_convert.
+    """
+    blocks = []
+    for variant, column in (("exact", "path"), ("folded", "path_folded")):
+        counted = (
+            paths.group_by("outcome", column)
+            .agg(
+                n_sessions=pl.len().cast(pl.Int64),
+                median_steps=pl.col("n_steps").median(),
+                median_seconds_to_convert=pl.col("seconds_to_convert").median(),
+            )
+            .with_columns(share=pl.col("n_sessions") / pl.col("n_sessions").sum().over("outcome"))
+            .sort("outcome", "n_sessions", column, descending=[False, True, False])
+            .with_columns(rank=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("outcome"))
+            .filter(pl.col("rank") <= top)
+            .select(
+                "outcome",
+                variant=pl.lit(variant),
+                rank="rank",
+                path=column,
+                n_sessions="n_sessions",
+                share="share",
+                median_steps="median_steps",
+                median_seconds_to_convert="median_seconds_to_convert",
+            )
+        )
+        blocks.append(counted)
+    return pl.concat(blocks)
+
+
+def path_lengths(paths: pl.LazyFrame) -> pl.LazyFrame:
+    """Distribution of journey length by outcome: outcome, n_steps, n_sessions, share."""
+    return (
+        paths.group_by("outcome", "n_steps")
+        .agg(n_sessions=pl.len().cast(pl.Int64))
+        .with_columns(share=pl.col("n_sessions") / pl.col("n_sessions").sum().over("outcome"))
+        .sort("outcome", "n_steps")
+    )
+
+
+# ---------------------------------------------------------------------------- blockers
+
+BLOCKERS_SCHEMA = {
+    "rank": pl.UInt32(),
+    "touchpoint": pl.String(),
+    "segment": pl.String(),
+    "kind": pl.String(),
+    "lost_conversions": pl.Float64(),
+    "evidence": pl.String(),
+    "n_sessions": pl.Int64(),
+    "conversion_rate_segment": pl.Float64(),
+    "conversion_rate_rest": pl.Float64(),
+    "error_rate": pl.Float64(),
+    "exit_rate": pl.Float64(),
+}
+Z = 1.96
+# A dead end keeps most of its visitors: at least this share of mid-journey visits end there
+# (Wilson lower bound), and at least twice the usual exit rate of its stage.
+DEAD_END_EXIT_RATE = 0.75
+
+
+def _wilson(successes: pl.Expr, trials: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """Wilson score interval (95 %) of successes/trials; (0, 1) when there are no trials."""
+    n = trials.cast(pl.Float64)
+    p = successes.cast(pl.Float64) / n
+    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
+    half = Z * ((p * (1 - p) / n + Z**2 / (4 * n**2)).sqrt()) / (1 + Z**2 / n)
+    low = pl.when(n > 0).then(centre - half).otherwise(0.0)
+    high = pl.when(n > 0).then(centre + half).otherwise(1.0)
+    return low, high
+
+
+def find_blockers(
+    journey_steps: pl.LazyFrame,
+    sessions: pl.LazyFrame,
+    min_sessions: int = 20,
+    top: int = 50,
+) -> pl.DataFrame:
+    """Rank where journeys drop off or stall more than they should, by conversions lost.
+
+    Three kinds of evidence, each compared with a reference, never with raw exit counts:
+
+    - **segment** (`error` when the segment's steps fail with HTTP 5xx): sessions of one
+      segment (device, browser, OS, channel, device/browser) end their journey at a
+      touchpoint more often than the rest of the traffic. Lost = the excess exits x the share
+      of the rest that converts after continuing past it.
+    - **loop**: sessions bouncing between two touchpoints (A > B > A, at least twice)
+      convert less than sessions that visit both without bouncing.
+    - **dead_end**: a touchpoint reached mid-journey where at least three quarters of the
+      sessions end, and at least twice the usual exit rate of its stage; lost = the excess
+      exits x the stage's conversion rate.
+
+    Rates are Wilson 95 % bounds taken on the cautious side (the reference's lower bound
+    minus the segment's upper bound), so `lost_conversions` is unlikely to overstate a
+    problem and small, noisy segments sink. One row per touchpoint and kind: the segment
+    where it is worst.
+    """
+    segments = session_segments(sessions).join(
+        sessions.select("session_id", "is_converted"), on="session_id"
+    )
+    last = journey_steps.group_by("session_id").agg(
+        exit_touchpoint=pl.col("touchpoint").sort_by("position").last()
+    )
+    reach = (
+        journey_steps.group_by("session_id", "touchpoint")
+        .agg(has_error=(pl.col("n_errors") > 0).any(), first_position=pl.col("position").min())
+        .join(segments, on="session_id")
+        .join(last, on="session_id")
+        .with_columns(
+            exited_here=(pl.col("exit_touchpoint") == pl.col("touchpoint"))
+            & ~pl.col("is_converted")
+        )
+    ).collect()
+    candidates = [
+        _segment_blockers(reach, min_sessions),
+        _loop_blockers(journey_steps, sessions, min_sessions),
+        _dead_end_blockers(journey_steps, reach, min_sessions),
+    ]
+    ranked = (
+        pl.concat([c for c in candidates if c.height], how="diagonal_relaxed")
+        .filter(pl.col("lost_conversions") > 0)
+        .sort("lost_conversions", "touchpoint", "segment", descending=[True, False, False])
+        .unique(subset=["touchpoint", "kind"], keep="first", maintain_order=True)
+        .head(top)
+        .with_columns(rank=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32))
+    )
+    if not ranked.height:
+        return pl.DataFrame(schema=BLOCKERS_SCHEMA)
+    return ranked.select(
+        [
+            pl.col(c).cast(t) if c in ranked.columns else pl.lit(None, t).alias(c)
+            for c, t in BLOCKERS_SCHEMA.items()
+        ]
+    )
+
+
+def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
+    """Segments that leave a touchpoint more often than the rest of the traffic does.
+
+    The loss is charged where sessions leave: excess exits at T in the segment x the share of
+    the rest that converts after continuing past T. Comparing conversion after reaching T
+    instead would blame every page upstream of a failing checkout step for its losses.
+    """
+    totals = reach.group_by("touchpoint").agg(
+        n_all=pl.len(),
+        conv_all=pl.col("is_converted").sum(),
+        err_all=pl.col("has_error").sum(),
+        exit_all=pl.col("exited_here").sum(),
+        cont_conv_all=(~pl.col("exited_here") & pl.col("is_converted")).sum(),
+    )
+    blocks = []
+    for dim in SEGMENT_DIMENSIONS:
+        blocks.append(
+            reach.group_by("touchpoint", pl.col(dim).cast(pl.String).alias("value"))
+            .agg(
+                n=pl.len(),
+                conv=pl.col("is_converted").sum(),
+                err=pl.col("has_error").sum(),
+                exits=pl.col("exited_here").sum(),
+                cont_conv=(~pl.col("exited_here") & pl.col("is_converted")).sum(),
+            )
+            .with_columns(dimension=pl.lit(dim))
+        )
+    seg = (
+        pl.concat(blocks)
+        .join(totals, on="touchpoint")
+        .with_columns(
+            n_rest=pl.col("n_all") - pl.col("n"),
+            conv_rest=pl.col("conv_all") - pl.col("conv"),
+            err_rest=pl.col("err_all") - pl.col("err"),
+            exits_rest=pl.col("exit_all") - pl.col("exits"),
+            cont_conv_rest=pl.col("cont_conv_all") - pl.col("cont_conv"),
+        )
+        .filter((pl.col("n") >= min_sessions) & (pl.col("n_rest") >= min_sessions))
+    )
+    exit_low, _ = _wilson(pl.col("exits"), pl.col("n"))
+    _, exit_rest_high = _wilson(pl.col("exits_rest"), pl.col("n_rest"))
+    continued_rest = pl.col("n_rest") - pl.col("exits_rest")
+    conv_after_continuing = (
+        pl.when(continued_rest > 0).then(pl.col("cont_conv_rest") / continued_rest).otherwise(0.0)
+    )
+    rate = pl.col("conv") / pl.col("n")
+    rate_rest = pl.col("conv_rest") / pl.col("n_rest")
+    err_rate = pl.col("err") / pl.col("n")
+    err_rest = pl.col("err_rest") / pl.col("n_rest")
+    exit_rate = pl.col("exits") / pl.col("n")
+    exit_rest = pl.col("exits_rest") / pl.col("n_rest")
+    seg = seg.with_columns(
+        lost_conversions=pl.col("n")
+        * (exit_low - exit_rest_high).clip(lower_bound=0)
+        * conv_after_continuing,
+        conversion_rate_segment=rate,
+        conversion_rate_rest=rate_rest,
+        error_rate=err_rate,
+        exit_rate=exit_rate,
+        kind=pl.when((err_rate >= 0.1) & (err_rate >= 3 * err_rest))
+        .then(pl.lit("error"))
+        .otherwise(pl.lit("segment")),
+        segment=pl.format("{}={}", pl.col("dimension"), pl.col("value")),
+        n_sessions=pl.col("n").cast(pl.Int64),
+        evidence=pl.format(
+            "{} sessions of {} reach {}: {}% end there vs {}% of the rest; error rate {}% vs {}%; {}% convert vs {}%",
+            pl.col("n"),
+            pl.format("{}={}", pl.col("dimension"), pl.col("value")),
+            pl.col("touchpoint"),
+            (exit_rate * 100).round(1),
+            (exit_rest * 100).round(1),
+            (err_rate * 100).round(1),
+            (err_rest * 100).round(1),
+            (rate * 100).round(1),
+            (rate_rest * 100).round(1),
+        ),
+    )
+    # Of the segments that lose about as much on one touchpoint, name the most specific one:
+    # the one that leaves most often (the broader ones are diluted versions of it).
+    return (
+        seg.with_columns(best=pl.col("lost_conversions").max().over("touchpoint", "kind"))
+        .filter(pl.col("lost_conversions") >= 0.8 * pl.col("best"))
+        .sort("exit_rate", "n_sessions", descending=[True, True])
+        .unique(subset=["touchpoint", "kind"], keep="first", maintain_order=True)
+    )
+
+
+def _loop_blockers(
+    journey_steps: pl.LazyFrame, sessions: pl.LazyFrame, min_sessions: int
+) -> pl.DataFrame:
+    ordered = journey_steps.sort("session_id", "position").select("session_id", "touchpoint")
+    bounces = (
+        ordered.with_columns(
+            nxt=pl.col("touchpoint").shift(-1).over("session_id"),
+            nxt2=pl.col("touchpoint").shift(-2).over("session_id"),
+        )
+        .filter(pl.col("nxt2") == pl.col("touchpoint"))
+        .with_columns(
+            a=pl.min_horizontal("touchpoint", "nxt"), b=pl.max_horizontal("touchpoint", "nxt")
+        )
+        .group_by("session_id", "a", "b")
+        .agg(n_bounces=pl.len())
+    )
+    looping = bounces.filter(pl.col("n_bounces") >= 2).select("session_id", "a", "b")
+    visited = ordered.select("session_id", "touchpoint").unique()
+    pairs = looping.select("a", "b").unique()
+    # Sessions that visited both touchpoints of a looping pair, looping or not.
+    both = (
+        pairs.join(visited, left_on="a", right_on="touchpoint")
+        .join(visited, left_on=["b", "session_id"], right_on=["touchpoint", "session_id"])
+        .join(looping.with_columns(loops=pl.lit(True)), on=["session_id", "a", "b"], how="left")
+        .join(sessions.select("session_id", "is_converted"), on="session_id")
+        .with_columns(loops=pl.col("loops").fill_null(False))
+    )
+    stats = (
+        both.group_by("a", "b")
+        .agg(
+            n=pl.col("loops").sum(),
+            conv=(pl.col("loops") & pl.col("is_converted")).sum(),
+            n_rest=(~pl.col("loops")).sum(),
+            conv_rest=(~pl.col("loops") & pl.col("is_converted")).sum(),
+        )
+        .collect()
+        .filter((pl.col("n") >= min_sessions) & (pl.col("n_rest") >= min_sessions))
+    )
+    _, loop_high = _wilson(pl.col("conv"), pl.col("n"))
+    rest_low, _ = _wilson(pl.col("conv_rest"), pl.col("n_rest"))
+    rate = pl.col("conv") / pl.col("n")
+    rate_rest = pl.col("conv_rest") / pl.col("n_rest")
+    return stats.with_columns(
+        touchpoint=pl.format("{} <> {}", pl.col("a"), pl.col("b")),
+        segment=pl.lit("all"),
+        kind=pl.lit("loop"),
+        lost_conversions=pl.col("n") * (rest_low - loop_high).clip(lower_bound=0),
+        n_sessions=pl.col("n").cast(pl.Int64),
+        conversion_rate_segment=rate,
+        conversion_rate_rest=rate_rest,
+        evidence=pl.format(
+            "{} sessions bounce between {} and {} at least twice: {}% convert vs {}% of the {} sessions that visit both without bouncing",
+            pl.col("n"),
+            pl.col("a"),
+            pl.col("b"),
+            (rate * 100).round(1),
+            (rate_rest * 100).round(1),
+            pl.col("n_rest"),
+        ),
+    )
+
+
+def _dead_end_blockers(
+    journey_steps: pl.LazyFrame, reach: pl.DataFrame, min_sessions: int
+) -> pl.DataFrame:
+    # Landing pages are left out: a bounce on arrival is a different phenomenon.
+    stage = journey_steps.select("touchpoint", "stage").unique(subset="touchpoint").collect()
+    mid = reach.filter(pl.col("first_position") > 1).join(stage, on="touchpoint")
+    per_touchpoint = mid.group_by("touchpoint", "stage").agg(
+        n=pl.len(), exits=pl.col("exited_here").sum(), conv=pl.col("is_converted").sum()
+    )
+    usual = (
+        per_touchpoint.filter(pl.col("n") >= min_sessions)
+        .group_by("stage")
+        .agg(
+            usual_exit_rate=(pl.col("exits") / pl.col("n")).median(),
+            stage_conversion_rate=pl.col("conv").sum() / pl.col("n").sum(),
+        )
+    )
+    exit_low, _ = _wilson(pl.col("exits"), pl.col("n"))
+    exit_rate = pl.col("exits") / pl.col("n")
+    return (
+        per_touchpoint.filter(pl.col("n") >= min_sessions)
+        .join(usual, on="stage")
+        .filter(
+            exit_low > pl.max_horizontal(pl.lit(DEAD_END_EXIT_RATE), 2 * pl.col("usual_exit_rate"))
+        )
+        .with_columns(
+            segment=pl.lit("all"),
+            kind=pl.lit("dead_end"),
+            lost_conversions=(pl.col("n") * (exit_low - pl.col("usual_exit_rate"))).clip(
+                lower_bound=0
+            )
+            * pl.col("stage_conversion_rate"),
+            n_sessions=pl.col("n").cast(pl.Int64),
+            exit_rate=exit_rate,
+            conversion_rate_segment=pl.col("conv") / pl.col("n"),
+            conversion_rate_rest=pl.col("stage_conversion_rate"),
+            evidence=pl.format(
+                "{}% of the {} sessions that reach {} mid-journey end there, vs {}% usual for {} pages; those pages convert {}%",
+                (exit_rate * 100).round(1),
+                pl.col("n"),
+                pl.col("touchpoint"),
+                (pl.col("usual_exit_rate") * 100).round(1),
+                pl.col("stage"),
+                (pl.col("stage_conversion_rate") * 100).round(1),
+            ),
+        )
+    )
