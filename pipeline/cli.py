@@ -380,6 +380,141 @@ def sample(
     )
 
 
+def _read_mart(db: Path, sql: str, mart: str, params: list | None = None) -> pl.DataFrame:
+    con = store.connect(db, read_only=True)
+    try:
+        if not store.has_table(con, mart):
+            raise UsageError(
+                f"{db} has no {mart} yet: run `journeymap run --db {db} --input ...` first"
+            )
+        return store.query(con, sql, params)
+    finally:
+        con.close()
+
+
+def _emit(frame: pl.DataFrame, fmt: str, title: str, columns: dict[str, str]) -> None:
+    """Print a result as a readable table, CSV or JSON (for scripts)."""
+    if fmt == "csv":
+        click.echo(frame.write_csv(), nl=False)
+        return
+    if fmt == "json":
+        click.echo(frame.write_json())
+        return
+    console = Console(highlight=False)
+    table = Table(title=title, title_justify="left")
+    for name, header in columns.items():
+        numeric = frame.schema[name].is_numeric()
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
+    for row in frame.select(list(columns)).iter_rows():
+        table.add_row(*[_cell(v) for v in row])
+    console.print(table)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+_OUTPUT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="Output as a table for people, or CSV/JSON for scripts.",
+)
+_DB = click.option(
+    "--db",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The DuckDB database a `journeymap run` filled.",
+)
+
+
+@cli.command()
+@_DB
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many blockers to show.",
+)
+@_OUTPUT
+def blockers(db: Path, top: int, fmt: str) -> None:
+    """Rank conversion blockers by the conversions they cost, with their evidence."""
+    frame = _read_mart(
+        db,
+        "select rank, touchpoint, segment, kind, lost_conversions, evidence "
+        "from marts.blockers order by rank limit ?",
+        "marts.blockers",
+        [top],
+    )
+    if frame.is_empty() and fmt == "table":
+        click.echo("No blockers: no touchpoint or segment loses conversions beyond chance.")
+        return
+    _emit(
+        frame,
+        fmt,
+        f"Top {top} conversion blockers (lost conversions: a cautious estimate)",
+        {
+            "rank": "#",
+            "touchpoint": "touchpoint",
+            "segment": "segment",
+            "kind": "kind",
+            "lost_conversions": "lost conv.",
+            "evidence": "evidence",
+        },
+    )
+
+
+@cli.command()
+@_DB
+@click.option(
+    "--top", type=click.IntRange(min=1), default=10, show_default=True, help="Paths per outcome."
+)
+@click.option(
+    "--outcome",
+    type=click.Choice(["converted", "abandoned", "both"]),
+    default="both",
+    show_default=True,
+    help="Converting paths, abandoning paths, or both.",
+)
+@click.option(
+    "--folded", is_flag=True, help="Fold loops: each touchpoint counted at its first visit."
+)
+@_OUTPUT
+def paths(db: Path, top: int, outcome: str, folded: bool, fmt: str) -> None:
+    """The most frequent converting and abandoning paths through the touchpoints."""
+    outcomes = ["converted", "abandoned"] if outcome == "both" else [outcome]
+    frame = _read_mart(
+        db,
+        "select outcome, rank, path, n_sessions, share * 100 as pct, median_seconds_to_convert "
+        "from marts.paths where variant = ? and rank <= ? and list_contains(?, outcome) "
+        "order by outcome desc, rank",
+        "marts.paths",
+        ["folded" if folded else "exact", top, outcomes],
+    )
+    _emit(
+        frame,
+        fmt,
+        f"Top {top} paths per outcome" + (" (loops folded)" if folded else ""),
+        {
+            "outcome": "outcome",
+            "rank": "#",
+            "path": "path",
+            "n_sessions": "sessions",
+            "pct": "% of outcome",
+            "median_seconds_to_convert": "median s to convert",
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, never a traceback for a user's mistake."""
     try:

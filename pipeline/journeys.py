@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import polars as pl
 
-START, CONVERSION, EXIT = "START", "CONVERSION", "EXIT"
+from pipeline.graph import CONVERSION, EXIT, START, wilson_bounds
+
 SEGMENT_DIMENSIONS = ("device", "browser", "os", "channel", "device_browser")
 PATH_SEPARATOR = " > "
 
@@ -261,21 +262,9 @@ BLOCKERS_SCHEMA = {
     "error_rate": pl.Float64(),
     "exit_rate": pl.Float64(),
 }
-Z = 1.96
 # A dead end keeps most of its visitors: at least this share of mid-journey visits end there
 # (Wilson lower bound), and at least twice the usual exit rate of its stage.
 DEAD_END_EXIT_RATE = 0.75
-
-
-def _wilson(successes: pl.Expr, trials: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
-    """Wilson score interval (95 %) of successes/trials; (0, 1) when there are no trials."""
-    n = trials.cast(pl.Float64)
-    p = successes.cast(pl.Float64) / n
-    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
-    half = Z * ((p * (1 - p) / n + Z**2 / (4 * n**2)).sqrt()) / (1 + Z**2 / n)
-    low = pl.when(n > 0).then(centre - half).otherwise(0.0)
-    high = pl.when(n > 0).then(centre + half).otherwise(1.0)
-    return low, high
 
 
 def find_blockers(
@@ -381,8 +370,8 @@ def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
         )
         .filter((pl.col("n") >= min_sessions) & (pl.col("n_rest") >= min_sessions))
     )
-    exit_low, _ = _wilson(pl.col("exits"), pl.col("n"))
-    _, exit_rest_high = _wilson(pl.col("exits_rest"), pl.col("n_rest"))
+    exit_low, _ = wilson_bounds(pl.col("exits"), pl.col("n"))
+    _, exit_rest_high = wilson_bounds(pl.col("exits_rest"), pl.col("n_rest"))
     continued_rest = pl.col("n_rest") - pl.col("exits_rest")
     conv_after_continuing = (
         pl.when(continued_rest > 0).then(pl.col("cont_conv_rest") / continued_rest).otherwise(0.0)
@@ -467,8 +456,8 @@ def _loop_blockers(
         .collect()
         .filter((pl.col("n") >= min_sessions) & (pl.col("n_rest") >= min_sessions))
     )
-    _, loop_high = _wilson(pl.col("conv"), pl.col("n"))
-    rest_low, _ = _wilson(pl.col("conv_rest"), pl.col("n_rest"))
+    _, loop_high = wilson_bounds(pl.col("conv"), pl.col("n"))
+    rest_low, _ = wilson_bounds(pl.col("conv_rest"), pl.col("n_rest"))
     rate = pl.col("conv") / pl.col("n")
     rate_rest = pl.col("conv_rest") / pl.col("n_rest")
     return stats.with_columns(
@@ -508,7 +497,7 @@ def _dead_end_blockers(
             stage_conversion_rate=pl.col("conv").sum() / pl.col("n").sum(),
         )
     )
-    exit_low, _ = _wilson(pl.col("exits"), pl.col("n"))
+    exit_low, _ = wilson_bounds(pl.col("exits"), pl.col("n"))
     exit_rate = pl.col("exits") / pl.col("n")
     return (
         per_touchpoint.filter(pl.col("n") >= min_sessions)

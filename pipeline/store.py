@@ -249,6 +249,27 @@ def replace_marts(
         con.unregister(f"new_{name}")
 
 
+JOURNEY_MARTS = (
+    "journey_steps",
+    "transitions",
+    "transitions_by_segment",
+    "touchpoints",
+    "paths",
+    "path_lengths",
+    "blockers",
+)
+
+
+def replace_journey_marts(con: duckdb.DuckDBPyConnection, marts: dict[str, pl.DataFrame]) -> None:
+    """Replace the journey marts (their shape follows the frames) inside the run's transaction."""
+    for name, frame in marts.items():
+        if name not in JOURNEY_MARTS:
+            raise ValueError(f"unknown journey mart {name!r}")
+        con.register(f"new_{name}", frame.to_arrow())
+        con.execute(f"create or replace table marts.{name} as select * from new_{name}")
+        con.unregister(f"new_{name}")
+
+
 def create_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
     """(Re)create every view and macro in `sql/`, layer by layer; returns their names."""
     created = []
@@ -340,6 +361,20 @@ def rollback(con: duckdb.DuckDBPyConnection) -> None:
     # No open transaction means nothing to undo.
     with contextlib.suppress(duckdb.Error):
         con.execute("rollback")
+
+
+def has_table(con: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:
+    """Whether `schema.table` exists (as a table or a view)."""
+    schema, _, name = qualified_name.partition(".")
+    row = con.execute(
+        "select count(*) from duckdb_tables() where schema_name = ? and table_name = ?",
+        [schema, name],
+    ).fetchone()
+    views = con.execute(
+        "select count(*) from duckdb_views() where schema_name = ? and view_name = ?",
+        [schema, name],
+    ).fetchone()
+    return bool(row[0] or views[0])
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
