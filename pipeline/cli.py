@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline import __version__, ingest, sessionize, store
+from pipeline import __version__, graph, ingest, journeys, sessionize, store, touchpoints
 from pipeline.config import Config, load_config
 from pipeline.errors import JourneymapError, UsageError
 
@@ -166,8 +166,14 @@ def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, in
     summary.stage_seconds["sessionise"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    progress.update("journeys", done_bytes, total_bytes, rows)
+    sessions, steps, marts = build_journeys(sessions, steps, cfg)
+    summary.stage_seconds["journeys"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     progress.update("store", done_bytes, total_bytes, rows)
     store.replace_marts(con, sessions, steps)
+    store.replace_journey_marts(con, marts)
     store.create_views(con)
     human = sessions.filter(~pl.col("is_bot"))
     journeys = human if cfg.bots.exclude_from_journeys else sessions
@@ -192,6 +198,56 @@ def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, in
         stage_seconds=summary.stage_seconds,
     )
     store.commit(con)
+
+
+def build_journeys(
+    sessions: pl.DataFrame, steps: pl.DataFrame, cfg: Config
+) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, pl.DataFrame]]:
+    """Touchpoints, transitions, graph metrics, paths and blockers from sessionised steps.
+
+    Returns sessions and steps again because `conversion.touchpoint` can mark more steps as
+    conversions once touchpoints are known; every mart then uses the same definition.
+    """
+    rules = touchpoints.effective_rules(cfg)
+    mapped = touchpoints.assign_touchpoints(
+        steps.lazy(), rules, conversion_touchpoint=cfg.conversion.touchpoint
+    ).collect()
+    if cfg.conversion.touchpoint:
+        steps = steps.with_columns(is_conversion=mapped["is_conversion"])
+        converted = mapped.group_by("session_id").agg(by_touchpoint=pl.col("is_conversion").any())
+        sessions = (
+            sessions.join(converted, on="session_id", how="left")
+            .with_columns(
+                is_converted=pl.col("is_converted") | pl.col("by_touchpoint").fill_null(False)
+            )
+            .drop("by_touchpoint")
+        )
+    journey_sessions = (
+        sessions.filter(~pl.col("is_bot")) if cfg.bots.exclude_from_journeys else sessions
+    )
+    mapped = mapped.join(journey_sessions.select("session_id"), on="session_id")
+    journey_steps = journeys.collapse_repeats(mapped.lazy()).collect()
+    edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy()).collect()
+    transitions = journeys.count_transitions(edges.lazy()).collect()
+    metrics = graph.touchpoint_metrics(graph.build_transition_graph(transitions))
+    stages = journey_steps.group_by("touchpoint").agg(stage=pl.col("stage").first())
+    exits = journeys.touchpoint_exit_rates(journey_steps.lazy(), journey_sessions.lazy()).collect()
+    metrics = (
+        metrics.rename({"exit_rate": "exit_rate_per_visit"})
+        .join(stages, on="touchpoint", how="left")
+        .join(exits, on="touchpoint", how="left")
+    )
+    paths = journeys.session_paths(journey_steps.lazy(), journey_sessions.lazy())
+    marts = {
+        "journey_steps": journey_steps,
+        "transitions": transitions,
+        "transitions_by_segment": journeys.transitions_by_segment(edges.lazy()).collect(),
+        "touchpoints": metrics,
+        "paths": journeys.top_paths(paths).collect(),
+        "path_lengths": journeys.path_lengths(paths).collect(),
+        "blockers": journeys.find_blockers(journey_steps.lazy(), journey_sessions.lazy()),
+    }
+    return sessions, steps, marts
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -400,7 +456,7 @@ def _emit(frame: pl.DataFrame, fmt: str, title: str, columns: dict[str, str]) ->
     if fmt == "json":
         click.echo(frame.write_json())
         return
-    console = Console(highlight=False)
+    console = _wide_console()
     table = Table(title=title, title_justify="left")
     for name, header in columns.items():
         numeric = frame.schema[name].is_numeric()
@@ -408,6 +464,12 @@ def _emit(frame: pl.DataFrame, fmt: str, title: str, columns: dict[str, str]) ->
     for row in frame.select(list(columns)).iter_rows():
         table.add_row(*[_cell(v) for v in row])
     console.print(table)
+
+
+def _wide_console() -> Console:
+    """A terminal keeps its own width; piped output (logs, mail) gets room for evidence text."""
+    probe = Console()
+    return Console(highlight=False, width=None if probe.is_terminal else 160)
 
 
 def _cell(value) -> str:

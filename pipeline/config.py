@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -38,6 +39,12 @@ MAPPABLE_COLUMNS = (
 )
 
 FORMATS = ("auto", "combined", "common", "ndjson", "csv", "parquet")
+
+# Journey stages a touchpoint belongs to: before, during and after buying.
+STAGES = ("orientation", "purchase", "service")
+
+# Node names the transition graph reserves for itself (see journeys/graph).
+RESERVED_TOUCHPOINTS = ("START", "CONVERSION", "EXIT")
 
 
 @dataclass(frozen=True)
@@ -210,6 +217,24 @@ class ConversionConfig:
         r"|thank-?you|bedankt|bestelling/(bevestiging|voltooid)|afrekenen/bevestiging"
         r"|bestaetigung|bestellung/bestaetigung|commande/confirmation)"
     )
+    # A touchpoint name (from `[[touchpoints]]` or the defaults) whose steps convert too.
+    touchpoint: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TouchpointRule:
+    """One `[[touchpoints]]` table: which steps are touchpoint `name`, in journey `stage`.
+
+    A step matches when every criterion given matches: `match` (a regular expression searched
+    in the URL path, query removed), `event_type` (exact) and `status` (an HTTP status such as
+    "404", or a class such as "5xx" or "40x"). At least one criterion is required.
+    """
+
+    name: str
+    match: str | None = None
+    event_type: str | None = None
+    status: str | None = None
+    stage: str
 
 
 @dataclass(frozen=True)
@@ -222,6 +247,10 @@ class Config:
     bots: BotConfig = field(default_factory=BotConfig)
     steps: StepConfig = field(default_factory=StepConfig)
     conversion: ConversionConfig = field(default_factory=ConversionConfig)
+    # Ordered, first match wins; the defaults (`touchpoints.DEFAULT_RULES`) follow these unless
+    # `default_touchpoints = false`.
+    touchpoints: tuple[TouchpointRule, ...] = ()
+    default_touchpoints: bool = True
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -257,10 +286,22 @@ def _walk_keys(cls: type, prefix: str):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
+        item = _table_list_item(hint)
         if dataclasses.is_dataclass(hint):
             yield from _walk_keys(hint, f"{prefix}{f.name}.")
+        elif item is not None:
+            # An array of tables: its keys are documented once, e.g. `touchpoints.name`.
+            yield from _walk_keys(item, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}"
+
+
+def _table_list_item(hint: Any) -> type | None:
+    """The dataclass of a `tuple[SomeDataclass, ...]` hint (an array of tables), else None."""
+    if typing.get_origin(hint) is not tuple:
+        return None
+    item = typing.get_args(hint)[0]
+    return item if dataclasses.is_dataclass(item) else None
 
 
 def _build(cls: type, data: Any, where: str):
@@ -273,18 +314,45 @@ def _build(cls: type, data: Any, where: str):
         if key not in known:
             hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
             suggestion = f"; did you mean '{where}{hint[0]}'?" if hint else ""
+            if not hint and where.endswith("].") and key in _top_level_keys():
+                # TOML puts every key after `[[touchpoints]]` into that table.
+                suggestion = f"; top-level keys like '{key}' must come before the first [table]"
             raise ConfigError(
                 f"unknown config key '{where}{key}'{suggestion} "
                 f"(known keys here: {', '.join(sorted(known))})"
             )
         kwargs[key] = _coerce(known[key], value, f"{where}{key}")
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(
+            f"config table {where.rstrip('.')} needs the key '{missing[0]}' "
+            f"(missing: {', '.join(missing)})"
+        )
     return cls(**kwargs)
+
+
+def _top_level_keys() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)]
 
 
 def _coerce(hint: Any, value: Any, key: str):
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{key}.")
     origin = typing.get_origin(hint)
+    item = _table_list_item(hint)
+    if item is not None:
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(
+                f"config key '{key}' must be a list of tables: write each one as [[{key}]]"
+            )
+        # Numbered from 1, as a reader counts the [[tables]] in the file.
+        return tuple(_build(item, v, f"{key}[{i}].") for i, v in enumerate(value, 1))
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, list):
             raise ConfigError(f'config key \'{key}\' must be a list of strings, e.g. ["a", "b"]')
@@ -308,7 +376,6 @@ def _coerce(hint: Any, value: Any, key: str):
 
 
 def _check_values(cfg: Config) -> None:
-    import re
     import zoneinfo
     from datetime import datetime
 
@@ -349,8 +416,80 @@ def _check_values(cfg: Config) -> None:
         )
     if len(cfg.input.csv_separator) != 1:
         raise ConfigError('input.csv_separator must be a single character, e.g. "," or ";"')
-    for key, pattern in (("conversion.url_pattern", cfg.conversion.url_pattern),):
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise ConfigError(f"{key} is not a valid regular expression: {err}") from err
+    if cfg.conversion.url_pattern:
+        _check_regex("conversion.url_pattern", cfg.conversion.url_pattern)
+    _check_touchpoints(cfg)
+
+
+def _check_regex(key: str, pattern: str) -> None:
+    """Refuse a pattern Polars cannot use (it does the matching, with Rust regex syntax)."""
+    import polars as pl
+
+    try:
+        pl.Series([""], dtype=pl.String).str.contains(pattern)
+    except pl.exceptions.PolarsError as err:
+        # Polars' message spans lines (pattern, caret, expression); keep the `error:` line.
+        lines = [ln.strip() for ln in str(err).splitlines()]
+        reason = next((ln[len("error: ") :] for ln in lines if ln.startswith("error: ")), lines[0])
+        raise ConfigError(
+            f"{key} = {pattern!r} is not a valid regular expression ({reason}); "
+            "the syntax is Rust's regex: no look-around or backreferences"
+        ) from err
+
+
+_STATUS_PATTERN = r"[1-5](\d\d|\dx|xx)"
+_TOUCHPOINT_NAME = r"\w[\w .-]*"
+
+
+def _check_touchpoints(cfg: Config) -> None:
+    stages: dict[str, str] = {}
+    for i, rule in enumerate(cfg.touchpoints, 1):
+        where = f"touchpoints[{i}]"
+        if not re.fullmatch(_TOUCHPOINT_NAME, rule.name) or rule.name.endswith(" "):
+            raise ConfigError(
+                f"{where}.name = {rule.name!r} is not a usable name: use letters, digits and "
+                '"_", e.g. "checkout_payment"'
+            )
+        if rule.name in RESERVED_TOUCHPOINTS:
+            raise ConfigError(
+                f"{where}.name = {rule.name!r} is reserved for the journey graph: pick another"
+            )
+        if rule.stage not in STAGES:
+            raise ConfigError(
+                f"{where}.stage = {rule.stage!r} is unknown: use one of {', '.join(STAGES)}"
+            )
+        if stages.setdefault(rule.name, rule.stage) != rule.stage:
+            raise ConfigError(
+                f"{where}: touchpoint {rule.name!r} has stage {stages[rule.name]!r} in an "
+                f"earlier rule and {rule.stage!r} here: a touchpoint has one stage"
+            )
+        if rule.match is None and rule.event_type is None and rule.status is None:
+            raise ConfigError(
+                f"{where} ({rule.name!r}) has no criterion: give match, event_type or status"
+            )
+        if rule.match is not None:
+            if not rule.match:
+                raise ConfigError(f"{where}.match is empty: it would match every URL")
+            _check_regex(f"{where}.match", rule.match)
+        if rule.event_type is not None and not rule.event_type:
+            raise ConfigError(f"{where}.event_type is empty: give an event type or leave it out")
+        if rule.status is not None and not re.fullmatch(_STATUS_PATTERN, rule.status.lower()):
+            raise ConfigError(
+                f"{where}.status = {rule.status!r} is not an HTTP status or class: "
+                'use e.g. "404", "40x" or "5xx"'
+            )
+    target = cfg.conversion.touchpoint
+    if target is not None:
+        # The defaults live with the matching code; imported here, not at module level, so
+        # that config stays the module every stage imports and imports no stage itself.
+        from pipeline.touchpoints import effective_rules
+
+        names = list(dict.fromkeys(r.name for r in effective_rules(cfg)))
+        if target not in names and not target.startswith("/"):
+            close = difflib.get_close_matches(target, names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"conversion.touchpoint = {target!r} is not a touchpoint name: {hint}"
+                f"(names: {', '.join(names) or 'none'}; "
+                "event types go in conversion.event_types)"
+            )

@@ -52,6 +52,10 @@ CLF_TS_FORMAT = "%d/%b/%Y:%H:%M:%S %z"
 _LEADING_ADDRESS_RE = r"^(\s*)(?:\d{1,3}(?:\.\d{1,3}){3}|\[?[0-9A-Fa-f]*:[0-9A-Fa-f:.]*\]?)(\s|$)"
 _IPV4_RE = r"\b\d{1,3}(?:\.\d{1,3}){3}\b"
 
+UNKNOWN_FORMAT = "unknown"
+# Files in an input directory that are never logs: configs, notes, and databases (people keep
+# the journeymap database next to the logs it was built from).
+NOT_INPUT_SUFFIXES = (".toml", ".md", ".duckdb", ".wal")
 LINE_FORMATS = ("combined", "common", "ndjson", "csv")
 ALL_FORMATS = (*LINE_FORMATS, "parquet")
 
@@ -97,7 +101,7 @@ def discover_inputs(paths: list[str | Path]) -> list[Path]:
                 for p in path.rglob("*")
                 if p.is_file()
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and p.suffix not in (".toml", ".md")
+                and p.suffix not in NOT_INPUT_SUFFIXES
             )
             if not files:
                 raise UsageError(f"input directory {path} holds no files: point --input at logs")
@@ -154,7 +158,7 @@ def detect_format(path: Path) -> str:
     if "," in text or ";" in text or "\t" in text:
         return "csv"
     # An empty file has no format to detect; any line reader reads its zero lines.
-    return "combined" if not text else "unknown"
+    return "combined" if not text else UNKNOWN_FORMAT
 
 
 def _head_bytes(path: Path, n: int = 65536) -> bytes:
@@ -182,6 +186,15 @@ def read_file(
     source = str(path)
     if fmt == "parquet":
         yield from _read_parquet(path, cfg, ingested_at)
+        return
+    if fmt == UNKNOWN_FORMAT:
+        # Nothing in the file looks like a supported format: say so in quarantine (one row for
+        # the file, its first line as evidence) and go on with the other inputs.
+        first = _head_bytes(path, 4096).split(b"\n", 1)[0].decode("utf-8", "backslashreplace")
+        quarantine = pl.DataFrame(
+            {"source_line": [1], "raw": [first[:500]], "reason": ["unknown_format"]}
+        )
+        yield Batch(source, fmt, 1, _empty_events(), _q(quarantine, source), _no_issues(), 0)
         return
     if fmt not in LINE_FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(ALL_FORMATS)}")

@@ -46,10 +46,10 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     new_step = ~same_session.fill_null(False) | (
         pl.col("touchpoint") != pl.col("touchpoint").shift(1)
     )
-    # Steps after the first conversion step of a session are the service phase.
-    converted_before = pl.col("is_conversion").cast(pl.UInt32).cum_sum().over(
-        "session_id"
-    ) - pl.col("is_conversion").cast(pl.UInt32)
+    # Steps after the first conversion step of a session are the service phase. An unknown
+    # flag (the contract allows null) is no conversion; left null it would drop the step.
+    is_conversion = pl.col("is_conversion").fill_null(False).cast(pl.UInt32)
+    converted_before = is_conversion.cum_sum().over("session_id") - is_conversion
     return (
         ordered.with_columns(
             group=new_step.cast(pl.UInt32).cum_sum(), converted_before=converted_before
@@ -168,6 +168,32 @@ def transitions_by_segment(edges: pl.LazyFrame) -> pl.LazyFrame:
     return pl.concat(blocks)
 
 
+def touchpoint_exit_rates(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """Per touchpoint, by session (DESIGN's definition): n_sessions reaching it, n_exits
+    (sessions whose journey ends there without converting) and exit_rate."""
+    last = journey_steps.group_by("session_id").agg(
+        exit_touchpoint=pl.col("touchpoint").sort_by("position").last()
+    )
+    reach = (
+        journey_steps.select("session_id", "touchpoint")
+        .unique()
+        .join(last, on="session_id")
+        .join(sessions.select("session_id", "is_converted"), on="session_id")
+    )
+    return (
+        reach.group_by("touchpoint")
+        .agg(
+            n_sessions=pl.len().cast(pl.Int64),
+            n_exit_sessions=(
+                (pl.col("exit_touchpoint") == pl.col("touchpoint")) & ~pl.col("is_converted")
+            )
+            .sum()
+            .cast(pl.Int64),
+        )
+        .with_columns(exit_rate=pl.col("n_exit_sessions") / pl.col("n_sessions"))
+    )
+
+
 # ------------------------------------------------------------------------------- paths
 
 
@@ -262,9 +288,14 @@ BLOCKERS_SCHEMA = {
     "error_rate": pl.Float64(),
     "exit_rate": pl.Float64(),
 }
-# A dead end keeps most of its visitors: at least this share of mid-journey visits end there
-# (Wilson lower bound), and at least twice the usual exit rate of its stage.
-DEAD_END_EXIT_RATE = 0.75
+# Hundreds of touchpoint x segment pairs are compared at once: a 95 % bound would let a few
+# chance gaps through on every run, so segment gaps must clear a ~99.7 % bound (z = 3).
+SEGMENT_Z = 3.0
+# A dead end keeps most of its visitors: at least this share of mid-journey visits end there,
+# and (Wilson lower bound) at least twice the usual exit rate of its stage. Product pages, where
+# most browsing naturally ends, stay below it (~60 % on the sample).
+DEAD_END_EXIT_RATE = 0.7
+SERVICE_STAGE = "service"
 
 
 def find_blockers(
@@ -283,8 +314,8 @@ def find_blockers(
       of the rest that converts after continuing past it.
     - **loop**: sessions bouncing between two touchpoints (A > B > A, at least twice)
       convert less than sessions that visit both without bouncing.
-    - **dead_end**: a touchpoint reached mid-journey where at least three quarters of the
-      sessions end, and at least twice the usual exit rate of its stage; lost = the excess
+    - **dead_end**: an orientation or purchase touchpoint reached mid-journey where at least 70 % of the sessions
+      end, and at least twice the usual exit rate of its stage; lost = the excess
       exits x the stage's conversion rate.
 
     Rates are Wilson 95 % bounds taken on the cautious side (the reference's lower bound
@@ -313,8 +344,11 @@ def find_blockers(
         _loop_blockers(journey_steps, sessions, min_sessions),
         _dead_end_blockers(journey_steps, reach, min_sessions),
     ]
+    found = [c for c in candidates if c.height]
+    if not found:  # too few sessions to judge anything
+        return pl.DataFrame(schema=BLOCKERS_SCHEMA)
     ranked = (
-        pl.concat([c for c in candidates if c.height], how="diagonal_relaxed")
+        pl.concat(found, how="diagonal_relaxed")
         .filter(pl.col("lost_conversions") > 0)
         .sort("lost_conversions", "touchpoint", "segment", descending=[True, False, False])
         .unique(subset=["touchpoint", "kind"], keep="first", maintain_order=True)
@@ -348,7 +382,9 @@ def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
     blocks = []
     for dim in SEGMENT_DIMENSIONS:
         blocks.append(
-            reach.group_by("touchpoint", pl.col(dim).cast(pl.String).alias("value"))
+            reach.group_by(
+                "touchpoint", pl.col(dim).cast(pl.String).fill_null("unknown").alias("value")
+            )
             .agg(
                 n=pl.len(),
                 conv=pl.col("is_converted").sum(),
@@ -370,8 +406,8 @@ def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
         )
         .filter((pl.col("n") >= min_sessions) & (pl.col("n_rest") >= min_sessions))
     )
-    exit_low, _ = wilson_bounds(pl.col("exits"), pl.col("n"))
-    _, exit_rest_high = wilson_bounds(pl.col("exits_rest"), pl.col("n_rest"))
+    exit_low, _ = wilson_bounds(pl.col("exits"), pl.col("n"), z=SEGMENT_Z)
+    _, exit_rest_high = wilson_bounds(pl.col("exits_rest"), pl.col("n_rest"), z=SEGMENT_Z)
     continued_rest = pl.col("n_rest") - pl.col("exits_rest")
     conv_after_continuing = (
         pl.when(continued_rest > 0).then(pl.col("cont_conv_rest") / continued_rest).otherwise(0.0)
@@ -410,11 +446,12 @@ def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
     )
     # Of the segments that lose about as much on one touchpoint, name the most specific one:
     # the one that leaves most often (the broader ones are diluted versions of it).
+    # One row per touchpoint: an `error` and a `segment` row there would count one loss twice.
     return (
-        seg.with_columns(best=pl.col("lost_conversions").max().over("touchpoint", "kind"))
+        seg.with_columns(best=pl.col("lost_conversions").max().over("touchpoint"))
         .filter(pl.col("lost_conversions") >= 0.8 * pl.col("best"))
-        .sort("exit_rate", "n_sessions", descending=[True, True])
-        .unique(subset=["touchpoint", "kind"], keep="first", maintain_order=True)
+        .sort("exit_rate", "n_sessions", "segment", descending=[True, True, False])
+        .unique(subset=["touchpoint"], keep="first", maintain_order=True)
     )
 
 
@@ -485,26 +522,36 @@ def _dead_end_blockers(
 ) -> pl.DataFrame:
     # Landing pages are left out: a bounce on arrival is a different phenomenon.
     stage = journey_steps.select("touchpoint", "stage").unique(subset="touchpoint").collect()
-    mid = reach.filter(pl.col("first_position") > 1).join(stage, on="touchpoint")
+    # Service pages (returns, contact) end visits by nature: they are not conversion dead ends.
+    mid = (
+        reach.filter(pl.col("first_position") > 1)
+        .join(stage, on="touchpoint")
+        .filter(pl.col("stage") != SERVICE_STAGE)
+    )
     per_touchpoint = mid.group_by("touchpoint", "stage").agg(
         n=pl.len(), exits=pl.col("exited_here").sum(), conv=pl.col("is_converted").sum()
     )
+    judged = per_touchpoint.filter(pl.col("n") >= min_sessions)
+    # The reference is the stage's *other* pages: counting a dead end in its own median would
+    # raise the bar it must clear (in a two-page stage, to twice the mean of both: unreachable).
+    others = judged.select(
+        "stage", other="touchpoint", other_n="n", other_exits="exits", other_conv="conv"
+    )
     usual = (
-        per_touchpoint.filter(pl.col("n") >= min_sessions)
-        .group_by("stage")
+        judged.select("touchpoint", "stage")
+        .join(others, on="stage")
+        .filter(pl.col("other") != pl.col("touchpoint"))
+        .group_by("touchpoint")
         .agg(
-            usual_exit_rate=(pl.col("exits") / pl.col("n")).median(),
-            stage_conversion_rate=pl.col("conv").sum() / pl.col("n").sum(),
+            usual_exit_rate=(pl.col("other_exits") / pl.col("other_n")).median(),
+            stage_conversion_rate=pl.col("other_conv").sum() / pl.col("other_n").sum(),
         )
     )
     exit_low, _ = wilson_bounds(pl.col("exits"), pl.col("n"))
     exit_rate = pl.col("exits") / pl.col("n")
     return (
-        per_touchpoint.filter(pl.col("n") >= min_sessions)
-        .join(usual, on="stage")
-        .filter(
-            exit_low > pl.max_horizontal(pl.lit(DEAD_END_EXIT_RATE), 2 * pl.col("usual_exit_rate"))
-        )
+        judged.join(usual, on="touchpoint")
+        .filter((exit_rate >= DEAD_END_EXIT_RATE) & (exit_low > 2 * pl.col("usual_exit_rate")))
         .with_columns(
             segment=pl.lit("all"),
             kind=pl.lit("dead_end"),

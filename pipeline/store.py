@@ -123,16 +123,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 def visitor_salt(con: duckdb.DuckDBPyConnection) -> str:
     """The salt for access-log visitor ids, created once per database and kept there so ids
     stay stable across nightly runs."""
-    row = con.execute("select value from raw.settings where key = 'visitor_salt'").fetchone()
-    if row:
-        return row[0]
+    salt = _scalar(con, "select value from raw.settings where key = 'visitor_salt'")
+    if salt is not None:
+        return salt
     salt = secrets.token_hex(16)
     con.execute("insert into raw.settings values ('visitor_salt', ?)", [salt])
     return salt
 
 
 def next_run_id(con: duckdb.DuckDBPyConnection) -> int:
-    return con.execute("select coalesce(max(run_id), 0) + 1 from raw.runs").fetchone()[0]
+    return _scalar(con, "select coalesce(max(run_id), 0) + 1 from raw.runs")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -200,7 +200,7 @@ def stage_batch(
         select * from final
         """,
         [visitor_salt(con), run_id, ingested_at],
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     con.unregister("batch_events")
     return n_accepted, events.height - n_accepted
 
@@ -366,15 +366,24 @@ def rollback(con: duckdb.DuckDBPyConnection) -> None:
 def has_table(con: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:
     """Whether `schema.table` exists (as a table or a view)."""
     schema, _, name = qualified_name.partition(".")
-    row = con.execute(
+    tables = _scalar(
+        con,
         "select count(*) from duckdb_tables() where schema_name = ? and table_name = ?",
         [schema, name],
-    ).fetchone()
-    views = con.execute(
+    )
+    views = _scalar(
+        con,
         "select count(*) from duckdb_views() where schema_name = ? and view_name = ?",
         [schema, name],
-    ).fetchone()
-    return bool(row[0] or views[0])
+    )
+    return bool(tables or views)
+
+
+def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """The first value of a query's first row, or None; the result is read to its end,
+    which DuckDB requires before the connection runs anything else."""
+    rows = con.execute(sql, params or []).fetchall()
+    return rows[0][0] if rows else None
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:

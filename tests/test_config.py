@@ -45,7 +45,11 @@ CONSTRAINED = {
     "input.csv_separator": ";",
     "sessions.timezone": "America/New_York",
     "conversion.url_pattern": r"^/bedankt\?order=\d+$",
+    "conversion.touchpoint": "/bedankt/:id",  # a template: valid whatever the rules
 }
+
+# Keys of the `[[touchpoints]]` array of tables: round-tripped by their own tests below.
+SCALAR_KEYS = [k for k in documented_keys() if not k.startswith("touchpoints.")]
 
 
 def other_value(key: str, default: Any) -> Any:
@@ -97,7 +101,7 @@ def test_documented_keys_are_dotted_leaf_keys():
 # --------------------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("key", documented_keys())
+@pytest.mark.parametrize("key", SCALAR_KEYS)
 def test_every_documented_key_round_trips_through_toml(tmp_path, key):
     """A non-default value written under a documented key is the value read back."""
     default = lookup(Config(), key)
@@ -110,12 +114,15 @@ def test_every_documented_key_round_trips_through_toml(tmp_path, key):
 
 def test_all_documented_keys_in_one_file(tmp_path):
     """Every documented key set at once, as [section] tables, reads back in full."""
-    values = {key: other_value(key, lookup(Config(), key)) for key in documented_keys()}
+    values = {key: other_value(key, lookup(Config(), key)) for key in SCALAR_KEYS}
     sections: dict[str, list[str]] = {}
     for key, value in values.items():
         section, _, name = key.rpartition(".")
         sections.setdefault(section, []).append(f"{name} = {toml_value(value)}")
-    text = "\n".join(f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in sections.items())
+    top = sections.pop("", [])  # top-level keys come before the first table
+    text = "".join(f"{line}\n" for line in top) + "\n".join(
+        f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in sections.items()
+    )
     cfg = load_config(write(tmp_path, text))
     assert {key: lookup(cfg, key) for key in values} == values
 
@@ -201,7 +208,7 @@ def test_an_empty_list_is_allowed(tmp_path):
         ('[input]\ntimezone = "CEST+2"\n', "input.timezone = 'CEST+2'"),
         ('[input]\nformat = "xml"\n', "input.format = 'xml' is unknown"),
         ('[input]\ncsv_separator = ";;"\n', "input.csv_separator must be a single character"),
-        ('[conversion]\nurl_pattern = "(unclosed"\n', "conversion.url_pattern is not a valid"),
+        ('[conversion]\nurl_pattern = "(unclosed"\n', "conversion.url_pattern = '(unclosed' is"),
     ],
 )
 def test_bad_values_are_rejected(tmp_path, text, fragment):
@@ -256,3 +263,183 @@ def test_the_column_mapping_covers_every_mappable_column():
     """The column mapping has a key for every mappable canonical column."""
     mapped = {k.removeprefix("input.columns.") for k in documented_keys() if ".columns." in k}
     assert mapped == set(config.MAPPABLE_COLUMNS)
+
+
+# ---------------------------------------------------------------------------- touchpoints
+
+PAYMENT_RULES = """
+[[touchpoints]]
+name = "payment_error"
+match = "^/nl/afrekenen/betalen"
+status = "5xx"
+stage = "purchase"
+
+[[touchpoints]]
+name = "add_to_cart"
+event_type = "add_to_cart"
+stage = "purchase"
+"""
+
+
+def test_touchpoint_rules_round_trip(tmp_path):
+    """Each [[touchpoints]] table becomes a TouchpointRule, in file order; unset criteria are
+    None; the defaults stay on."""
+    cfg = load_config(write(tmp_path, PAYMENT_RULES))
+    assert cfg.touchpoints == (
+        config.TouchpointRule(
+            name="payment_error", match="^/nl/afrekenen/betalen", status="5xx", stage="purchase"
+        ),
+        config.TouchpointRule(name="add_to_cart", event_type="add_to_cart", stage="purchase"),
+    )
+    assert cfg.default_touchpoints is True
+
+
+def test_default_touchpoints_and_conversion_touchpoint(tmp_path):
+    """`default_touchpoints = false` (top level) and `conversion.touchpoint` naming a rule of
+    the file are read back."""
+    text = (
+        "default_touchpoints = false\n"
+        '[conversion]\ntouchpoint = "bedankt"\n'
+        '[[touchpoints]]\nname = "bedankt"\nmatch = "^/bedankt"\nstage = "purchase"\n'
+    )
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.default_touchpoints is False
+    assert cfg.conversion.touchpoint == "bedankt"
+
+
+@pytest.mark.parametrize("value", ["order_confirmation", "/bedankt/:id"])
+def test_conversion_touchpoint_may_be_a_default_name_or_a_template(tmp_path, value):
+    """conversion.touchpoint names a default touchpoint or a URL template (`/…`)."""
+    cfg = load_config(write(tmp_path, f"[conversion]\ntouchpoint = {toml_value(value)}\n"))
+    assert cfg.conversion.touchpoint == value
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            '[conversion]\ntouchpoint = "order_confirmaton"\n',
+            "conversion.touchpoint = 'order_confirmaton' is not a touchpoint name: "
+            "did you mean 'order_confirmation'?",
+        ),
+        (
+            'default_touchpoints = false\n[conversion]\ntouchpoint = "order_confirmation"\n',
+            "conversion.touchpoint = 'order_confirmation' is not a touchpoint name",
+        ),
+        (
+            '[[touchpoints]]\nnam = "x"\nmatch = "^/x"\nstage = "service"\n',
+            "unknown config key 'touchpoints[1].nam'; did you mean 'touchpoints[1].name'?",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nmatch = "^/x"\nstage = "service"\n'
+            '[[touchpoints]]\nname = "y"\nstatus = "404"\n',
+            "config table touchpoints[2] needs the key 'stage'",
+        ),
+        (
+            '[[touchpoints]]\nmatch = "^/x"\nstage = "service"\n',
+            "config table touchpoints[1] needs the key 'name'",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nmatch = "^/x"\nstage = "buying"\n',
+            "touchpoints[1].stage = 'buying' is unknown: use one of orientation, purchase, service",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nstatus = "50"\nstage = "purchase"\n',
+            "touchpoints[1].status = '50' is not an HTTP status or class",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nstatus = "6xx"\nstage = "purchase"\n',
+            "touchpoints[1].status = '6xx' is not an HTTP status or class",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nstatus = 404\nstage = "purchase"\n',
+            "config key 'touchpoints[1].status' must be str, got int 404",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nmatch = "(?<=/)x"\nstage = "purchase"\n',
+            "touchpoints[1].match = '(?<=/)x' is not a valid regular expression (look-around",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nmatch = "[z-a]"\nstage = "purchase"\n',
+            "touchpoints[1].match = '[z-a]' is not a valid regular expression (invalid char",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nmatch = ""\nstage = "purchase"\n',
+            "touchpoints[1].match is empty",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nevent_type = ""\nstage = "purchase"\n',
+            "touchpoints[1].event_type is empty",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nstage = "purchase"\n',
+            "touchpoints[1] ('x') has no criterion: give match, event_type or status",
+        ),
+        (
+            '[[touchpoints]]\nname = "EXIT"\nmatch = "^/bye"\nstage = "service"\n',
+            "touchpoints[1].name = 'EXIT' is reserved",
+        ),
+        (
+            '[[touchpoints]]\nname = "/cart"\nmatch = "^/cart"\nstage = "purchase"\n',
+            "touchpoints[1].name = '/cart' is not a usable name",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nmatch = "^/a"\nstage = "purchase"\n'
+            '[[touchpoints]]\nname = "x"\nmatch = "^/b"\nstage = "service"\n',
+            "touchpoints[2]: touchpoint 'x' has stage 'purchase' in an earlier rule and "
+            "'service' here",
+        ),
+        (
+            '[touchpoints]\nname = "x"\nmatch = "^/a"\nstage = "purchase"\n',
+            "config key 'touchpoints' must be a list of tables: write each one as [[touchpoints]]",
+        ),
+        (
+            'touchpoints = ["x"]\n',
+            "config key 'touchpoints' must be a list of tables",
+        ),
+        (
+            '[[touchpoints]]\nname = "x"\nmatch = "^/a"\nstage = "purchase"\n'
+            "default_touchpoints = false\n",
+            "unknown config key 'touchpoints[1].default_touchpoints'; top-level keys like "
+            "'default_touchpoints' must come before the first [table]",
+        ),
+        ("default_touchpoints = 0\n", "config key 'default_touchpoints' must be bool"),
+        (
+            '[conversion]\nurl_pattern = "(?<!x)/bedankt"\n',
+            "conversion.url_pattern = '(?<!x)/bedankt' is not a valid regular expression",
+        ),
+    ],
+)
+def test_bad_touchpoint_config_is_rejected(tmp_path, text, fragment):
+    """Bad [[touchpoints]] tables and conversion.touchpoint values are refused with a
+    one-line message naming the table (counted from 1) and key."""
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, text))
+    message = str(raised.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_a_rule_name_may_repeat_with_one_stage(tmp_path):
+    """Two rules may name the same touchpoint (two URL shapes) when they agree on its stage."""
+    text = (
+        '[[touchpoints]]\nname = "pdp"\nmatch = "^/p/"\nstage = "orientation"\n'
+        '[[touchpoints]]\nname = "pdp"\nmatch = "^/item/"\nstage = "orientation"\n'
+    )
+    assert [r.name for r in load_config(write(tmp_path, text)).touchpoints] == ["pdp", "pdp"]
+
+
+def test_touchpoint_keys_are_documented_once():
+    """documented_keys() lists the keys of a [[touchpoints]] table once, as touchpoints.<key>."""
+    keys = documented_keys()
+    for key in (
+        "touchpoints.name",
+        "touchpoints.match",
+        "touchpoints.event_type",
+        "touchpoints.status",
+        "touchpoints.stage",
+        "default_touchpoints",
+        "conversion.touchpoint",
+    ):
+        assert keys.count(key) == 1
+    assert "touchpoints" not in keys

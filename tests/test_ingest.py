@@ -1392,3 +1392,29 @@ def test_anonymous_id_is_stable_within_a_database_and_salted_per_database(tmp_pa
     assert ids["/day1"] != ids["/other-ua"]
     assert other_ids["/day1"] != ids["/day1"]
     assert other_ids["/other-ua"] != ids["/other-ua"]
+
+
+def test_a_file_of_unknown_format_is_quarantined_not_fatal(tmp_path):
+    """A file that looks like no supported format costs one quarantine row, not the run."""
+    good = tmp_path / "access.log"
+    good.write_text(
+        '1.2.3.4 - - [10/Oct/2024:08:00:00 +0000] "GET / HTTP/1.1" 200 10 "-" "Mozilla/5.0"\n'
+    )
+    odd = tmp_path / "notes.bin"
+    odd.write_bytes(b"\x00\x01 binary junk \xff\n more junk\n")
+    summary = cli.run_pipeline([tmp_path], tmp_path / "out" / "db.duckdb", Config(), now=NOW)
+    by_source = {Path(f.source).name: f for f in summary.files}
+    assert by_source["notes.bin"].n_read == 1
+    assert by_source["notes.bin"].n_quarantined == 1
+    assert summary.quarantined_by_reason == {"unknown_format": 1}
+    assert by_source["access.log"].n_accepted == 1
+
+
+def test_databases_in_an_input_directory_are_not_inputs(tmp_path):
+    """A .duckdb file (and its .wal) next to the logs is skipped, not read as a log."""
+    (tmp_path / "access.log").write_text(
+        '1.2.3.4 - - [10/Oct/2024:08:00:00 +0000] "GET / HTTP/1.1" 200 10 "-" "Mozilla/5.0"\n'
+    )
+    (tmp_path / "journeymap.duckdb").write_bytes(b"DUCK\x00\x00")
+    (tmp_path / "journeymap.duckdb.wal").write_bytes(b"\x00")
+    assert [p.name for p in ingest.discover_inputs([tmp_path])] == ["access.log"]
