@@ -19,6 +19,7 @@ demo: $(STAMP)
 	@mkdir -p data/out
 	@rm -f $(DB) $(DB).wal
 	$(BIN)/journeymap run --input data/sample --config data/sample/journeymap.toml --db $(DB)
+	$(BIN)/journeymap blockers --db $(DB) --top 5
 	@echo "database: $(DB)"
 
 test: $(STAMP)

@@ -577,6 +577,87 @@ def paths(db: Path, top: int, outcome: str, folded: bool, fmt: str) -> None:
     )
 
 
+@cli.group(name="touchpoints")
+def touchpoints_group() -> None:
+    """Inspect how steps map to touchpoints."""
+
+
+@touchpoints_group.command(name="suggest")
+@_DB
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="journeymap.toml whose [[touchpoints]] rules count as already in place.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="How many URL templates to list.",
+)
+@_OUTPUT
+def touchpoints_suggest(db: Path, config_path: Path | None, top: int, fmt: str) -> None:
+    """Propose [[touchpoints]] rules from the URL variety in --db (templates by traffic share)."""
+    cfg = load_config(config_path)
+    steps = _read_mart(
+        db,
+        "select st.url, st.event_type, st.status from marts.session_steps as st "
+        "join marts.sessions as se using (session_id) where not se.is_bot",
+        "marts.session_steps",
+    )
+    suggestions = touchpoints.suggest_rules(
+        steps.lazy(), top, rules=touchpoints.effective_rules(cfg)
+    )
+    if fmt != "table":
+        _emit(suggestions, fmt, "", {c: c for c in suggestions.columns})
+        return
+    _emit(
+        suggestions.with_columns(pct=pl.col("share") * 100),
+        fmt,
+        f"Top {top} URL templates by steps (matched_by: the rule that already names them)",
+        {
+            "template": "template",
+            "n_steps": "steps",
+            "pct": "% of steps",
+            "n_distinct_urls": "distinct URLs",
+            "matched_by": "matched by",
+            "suggested_name": "suggested name",
+        },
+    )
+    unmatched = suggestions.filter(pl.col("matched_by").is_null())
+    if unmatched.height:
+        click.echo("\n# Rules for the templates no rule names yet; paste into journeymap.toml:\n")
+        click.echo("\n\n".join(unmatched["suggested_toml"].to_list()))
+
+
+@cli.command(name="graph")
+@_DB
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="File to write: .graphml (Gephi, yEd, Cytoscape) or .json (networkx node-link).",
+)
+def graph_export(db: Path, out: Path) -> None:
+    """Export the touchpoint transition graph with counts, probabilities and intervals."""
+    if out.suffix.lower() not in (".graphml", ".json"):
+        raise UsageError(f"--out {out} must end in .graphml or .json")
+    transitions = _read_mart(db, "select * from marts.transitions", "marts.transitions")
+    digraph = graph.build_transition_graph(transitions)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".graphml":
+            graph.export_graphml(digraph, out)
+        else:
+            graph.export_json(digraph, out)
+    except OSError as err:
+        raise UsageError(f"cannot write --out {out}: {err.strerror}") from err
+    click.echo(f"wrote {out}: {digraph.number_of_nodes()} nodes, {digraph.number_of_edges()} edges")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, never a traceback for a user's mistake."""
     try:

@@ -340,11 +340,18 @@ def test_config_is_applied_to_the_run(access_log, tmp_path, capsys):
 # --------------------------------------------------------------------------- help, version
 
 
-@pytest.mark.parametrize("name", sorted(cli.commands))
-def test_help_lists_every_option_with_help_text(name):
+def _leaf_commands(group=cli, path=()):
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _leaf_commands(command, (*path, name))
+        else:
+            yield " ".join((*path, name)), command
+
+
+@pytest.mark.parametrize(("name", "command"), list(_leaf_commands()))
+def test_help_lists_every_option_with_help_text(name, command):
     """`<command> --help` exits 0 and shows every option, each with help text."""
-    command = cli.commands[name]
-    result = CliRunner().invoke(cli, [name, "--help"], terminal_width=200)
+    result = CliRunner().invoke(cli, [*name.split(), "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output
     options = [p for p in command.params if isinstance(p, click.Option)]
     assert options

@@ -20,9 +20,17 @@ def test_every_config_key_is_in_the_readme(key: str) -> None:
     assert f"`{key}`" in README, f"README does not document config key {key}"
 
 
+def _leaf_commands(group: click.Group = cli.cli, prefix: str = ""):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _leaf_commands(command, f"{prefix}{name} ")
+        else:
+            yield f"{prefix}{name}", command
+
+
 def _options() -> list[tuple[str, str]]:
     found = []
-    for name, command in cli.cli.commands.items():
+    for name, command in _leaf_commands():
         for param in command.params:
             if isinstance(param, click.Option):
                 long = next(o for o in param.opts if o.startswith("--"))
