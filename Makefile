@@ -20,7 +20,9 @@ demo: $(STAMP)
 	@rm -f $(DB) $(DB).wal
 	$(BIN)/journeymap run --input data/sample --config data/sample/journeymap.toml --db $(DB)
 	$(BIN)/journeymap blockers --db $(DB) --top 5
+	$(BIN)/journeymap report --db $(DB) --config data/sample/journeymap.toml --out data/out/report.html
 	@echo "database: $(DB)"
+	@echo "report:   data/out/report.html (open it in a browser)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

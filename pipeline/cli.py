@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline import __version__, graph, ingest, journeys, sessionize, store, touchpoints
+from pipeline import __version__, funnels, graph, ingest, journeys, sessionize, store, touchpoints
 from pipeline.config import Config, load_config
 from pipeline.errors import JourneymapError, UsageError
 
@@ -656,6 +656,52 @@ def graph_export(db: Path, out: Path) -> None:
     except OSError as err:
         raise UsageError(f"cannot write --out {out}: {err.strerror}") from err
     click.echo(f"wrote {out}: {digraph.number_of_nodes()} nodes, {digraph.number_of_edges()} edges")
+
+
+@cli.command(name="report")
+@_DB
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="HTML file to write (self-contained, works offline; its directory is created).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="journeymap.toml whose [report] table sets the Sankey steps, anchor and funnel.",
+)
+@click.option(
+    "--png",
+    "png_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write each chart as a PNG into this directory (needs kaleido and a Chromium).",
+)
+def report_command(db: Path, out: Path, config_path: Path | None, png_dir: Path | None) -> None:
+    """Write a self-contained HTML report: KPIs, data quality, Sankeys, funnel, blockers, paths."""
+    from pipeline import report as report_mod
+
+    cfg = load_config(config_path)
+    con = store.connect(db, read_only=True)
+    try:
+        if not store.has_table(con, "marts.journey_steps"):
+            raise UsageError(
+                f"{db} has no marts.journey_steps yet: run `journeymap run --db {db} --input ...` first"
+            )
+        frames = {name: store.query(con, sql) for name, sql in funnels.REPORT_INPUTS.items()}
+    finally:
+        con.close()
+    try:
+        path = report_mod.render_report(frames, cfg, out, source=str(db))
+    except OSError as err:
+        raise UsageError(f"cannot write --out {out}: {err.strerror}") from err
+    click.echo(f"wrote {path}")
+    if png_dir:
+        for png in report_mod.export_png(report_mod.build_figures(frames, cfg), png_dir):
+            click.echo(f"wrote {png}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,6 +238,31 @@ class TouchpointRule:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """What the HTML report (`journeymap report`) draws."""
+
+    # Columns of the step Sankey: the first N touchpoints of each journey.
+    sankey_steps: int = 6
+    # Touchpoints drawn per Sankey column; the rest of the column is one "Others" node.
+    sankey_top_k: int = 6
+    # The touchpoint of the anchored Sankey (journeys from their first visit to it); "" draws
+    # no anchored Sankey.
+    sankey_anchor: str = "cart"
+    # Touchpoints a session must reach in this order to count at each funnel step.
+    funnel_steps: tuple[str, ...] = (
+        "product",
+        "cart",
+        "checkout_shipping",
+        "checkout_payment",
+        "order_confirmation",
+    )
+    # Touchpoints drawn in the touchpoint-to-touchpoint Sankey (the rest: "Others").
+    transitions_top_k: int = 10
+    # Converting and abandoning paths listed.
+    top_paths: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -251,6 +276,7 @@ class Config:
     # `default_touchpoints = false`.
     touchpoints: tuple[TouchpointRule, ...] = ()
     default_touchpoints: bool = True
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -419,6 +445,7 @@ def _check_values(cfg: Config) -> None:
     if cfg.conversion.url_pattern:
         _check_regex("conversion.url_pattern", cfg.conversion.url_pattern)
     _check_touchpoints(cfg)
+    _check_report(cfg.report)
 
 
 def _check_regex(key: str, pattern: str) -> None:
@@ -492,4 +519,33 @@ def _check_touchpoints(cfg: Config) -> None:
                 f"conversion.touchpoint = {target!r} is not a touchpoint name: {hint}"
                 f"(names: {', '.join(names) or 'none'}; "
                 "event types go in conversion.event_types)"
+            )
+
+
+# More columns or nodes than this make a Sankey nobody can read (and a slow page).
+_REPORT_LIMITS = {"sankey_steps": 20, "sankey_top_k": 30, "transitions_top_k": 50, "top_paths": 50}
+
+
+def _check_report(report: ReportConfig) -> None:
+    for key, most in _REPORT_LIMITS.items():
+        value = getattr(report, key)
+        if not 1 <= value <= most:
+            raise ConfigError(f"report.{key} must be between 1 and {most}, got {value}")
+    if not report.funnel_steps:
+        raise ConfigError(
+            'report.funnel_steps is empty: list the touchpoints of the funnel, e.g. ["cart", '
+            '"checkout_payment", "order_confirmation"]'
+        )
+    # An empty anchor switches the anchored Sankey off; a funnel step must name something.
+    names = [*report.funnel_steps, *([report.sankey_anchor] if report.sankey_anchor else [])]
+    for name in names:
+        if not name or name != name.strip():
+            raise ConfigError(
+                f"report touchpoint {name!r} is blank or has spaces around it: "
+                'use a touchpoint name such as "cart"'
+            )
+        if name in RESERVED_TOUCHPOINTS:
+            raise ConfigError(
+                f"report touchpoint {name!r} is a synthetic node, not a touchpoint: "
+                'the funnel and the anchored Sankey take touchpoint names such as "cart"'
             )
