@@ -386,14 +386,16 @@ def render_report(
 
 def _page(frames, cfg, figures, flows, source, generated_at) -> str:
     kpis = funnels.headline_kpis(_frame(frames, "kpis"))
+    # The morning question first: what is broken and what does it cost. Then where journeys
+    # go, and last whether the night's data can be trusted.
     sections = [
         ("kpis", "Key figures", _kpi_section(kpis, _frame(frames, "segments"), cfg)),
-        ("quality", "Data quality", _quality_section(frames)),
-        ("sankey", "Journeys step by step", _sankey_section(figures, flows, cfg)),
-        ("transitions", "Touchpoint to touchpoint", _figure_block(figures, "transitions_sankey")),
-        ("funnel", "Funnel", _funnel_section(figures, flows["funnel"])),
         ("blockers", "Conversion blockers", _blockers_section(_frame(frames, "blockers"))),
+        ("sankey", "Journeys step by step", _sankey_section(figures, flows, cfg)),
+        ("funnel", "Funnel", _funnel_section(figures, flows["funnel"])),
         ("paths", "Top paths", _paths_section(_frame(frames, "paths"), cfg.report.top_paths)),
+        ("transitions", "Touchpoint to touchpoint", _figure_block(figures, "transitions_sankey")),
+        ("quality", "Data quality", _quality_section(frames)),
     ]
     nav = " ".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in sections)
     body = "\n".join(
