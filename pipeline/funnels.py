@@ -142,33 +142,19 @@ select * from final
     "segments": f"""
 with {_JOURNEY_SESSIONS.strip()},
 
-by_device as (
+by_segment as (
     select
-        'device' as dimension,
-        coalesce(device, 'unknown') as value,
+        if(grouping(device) = 0, 'device', 'channel') as dimension,
+        coalesce(if(grouping(device) = 0, device, channel), 'unknown') as value,
         count(*) as n_sessions,
         count(distinct person_id) as n_persons,
         count(*) filter (where is_converted) as n_converted,
         coalesce(sum(revenue), 0) as revenue,
     from journey_sessions
-    group by all
-),
-
-by_channel as (
-    select
-        'channel' as dimension,
-        coalesce(channel, 'unknown') as value,
-        count(*) as n_sessions,
-        count(distinct person_id) as n_persons,
-        count(*) filter (where is_converted) as n_converted,
-        coalesce(sum(revenue), 0) as revenue,
-    from journey_sessions
-    group by all
+    group by grouping sets ((device), (channel))
 )
 
-select * from by_device
-union all
-select * from by_channel
+select * from by_segment
 order by dimension, n_sessions desc, value
 """,
     "transitions": """
