@@ -168,27 +168,35 @@ def transitions_by_segment(edges: pl.LazyFrame) -> pl.LazyFrame:
     return pl.concat(blocks)
 
 
-def touchpoint_exit_rates(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
-    """Per touchpoint, by session (DESIGN's definition): n_sessions reaching it, n_exits
-    (sessions whose journey ends there without converting) and exit_rate."""
+def touchpoint_reach(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per session and touchpoint it reached: session_id, touchpoint, first_position,
+    has_error (a 5xx there), is_converted, and exited_here (the journey ends there without
+    converting). The one definition of an exit that exit rates and blockers share."""
     last = journey_steps.group_by("session_id").agg(
         exit_touchpoint=pl.col("touchpoint").sort_by("position").last()
     )
-    reach = (
-        journey_steps.select("session_id", "touchpoint")
-        .unique()
-        .join(last, on="session_id")
-        .join(sessions.select("session_id", "is_converted"), on="session_id")
-    )
     return (
-        reach.group_by("touchpoint")
+        journey_steps.group_by("session_id", "touchpoint")
+        .agg(has_error=(pl.col("n_errors") > 0).any(), first_position=pl.col("position").min())
+        .join(sessions.select("session_id", "is_converted"), on="session_id")
+        .join(last, on="session_id")
+        .with_columns(
+            exited_here=(pl.col("exit_touchpoint") == pl.col("touchpoint"))
+            & ~pl.col("is_converted")
+        )
+        .drop("exit_touchpoint")
+    )
+
+
+def touchpoint_exit_rates(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """Per touchpoint, by session (DESIGN's definition): n_sessions reaching it,
+    n_exit_sessions (whose journey ends there without converting) and exit_rate."""
+    return (
+        touchpoint_reach(journey_steps, sessions)
+        .group_by("touchpoint")
         .agg(
             n_sessions=pl.len().cast(pl.Int64),
-            n_exit_sessions=(
-                (pl.col("exit_touchpoint") == pl.col("touchpoint")) & ~pl.col("is_converted")
-            )
-            .sum()
-            .cast(pl.Int64),
+            n_exit_sessions=pl.col("exited_here").sum().cast(pl.Int64),
         )
         .with_columns(exit_rate=pl.col("n_exit_sessions") / pl.col("n_sessions"))
     )
@@ -323,22 +331,11 @@ def find_blockers(
     problem and small, noisy segments sink. One row per touchpoint and kind: the segment
     where it is worst.
     """
-    segments = session_segments(sessions).join(
-        sessions.select("session_id", "is_converted"), on="session_id"
-    )
-    last = journey_steps.group_by("session_id").agg(
-        exit_touchpoint=pl.col("touchpoint").sort_by("position").last()
-    )
     reach = (
-        journey_steps.group_by("session_id", "touchpoint")
-        .agg(has_error=(pl.col("n_errors") > 0).any(), first_position=pl.col("position").min())
-        .join(segments, on="session_id")
-        .join(last, on="session_id")
-        .with_columns(
-            exited_here=(pl.col("exit_touchpoint") == pl.col("touchpoint"))
-            & ~pl.col("is_converted")
-        )
-    ).collect()
+        touchpoint_reach(journey_steps, sessions)
+        .join(session_segments(sessions), on="session_id")
+        .collect()
+    )
     candidates = [
         _segment_blockers(reach, min_sessions),
         _loop_blockers(journey_steps, sessions, min_sessions),
