@@ -28,8 +28,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench notebooks
+	$(BIN)/ruff format --check pipeline tests bench notebooks
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --events 1000000

@@ -7,9 +7,13 @@ Exit codes: 0 the run completed (quarantined rows are not failures); 2 unusable 
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,10 +23,12 @@ import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from pipeline import __version__, funnels, graph, ingest, journeys, sessionize, store, touchpoints
+from pipeline import config as config_mod
 from pipeline.config import Config, load_config
-from pipeline.errors import JourneymapError, UsageError
+from pipeline.errors import InputRejectedError, JourneymapError, SqlError, UsageError
 
 EXIT_INTERNAL = 4
 FORMAT_CHOICES = ("auto", *ingest.ALL_FORMATS)
@@ -41,6 +47,11 @@ class RunSummary:
     n_bot_sessions: int = 0
     n_converted_sessions: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    status: str = "ok"
+    mode: str | None = None
+    refresh_reason: str = ""
+    n_late_events: int = 0
+    n_persons_refreshed: int = 0
 
     @property
     def n_read(self) -> int:
@@ -63,6 +74,9 @@ class _NoProgress:
     def update(self, *args, **kwargs) -> None:
         pass
 
+    def event(self, name: str, **fields) -> None:
+        pass
+
 
 def run_pipeline(
     inputs: list[str | Path],
@@ -71,10 +85,18 @@ def run_pipeline(
     fmt: str | None = None,
     progress=None,
     now: datetime | None = None,
+    *,
+    full_refresh: bool = False,
 ) -> RunSummary:
-    """Ingest `inputs` into `db`, re-sessionise, refresh the marts: one transaction.
+    """Load `inputs` into `db` and refresh the marts for what changed; publish atomically.
 
-    `progress` receives `update(stage, done_bytes, total_bytes, rows)` calls.
+    The run works on a private copy of the database (see `store`) and publishes it with one
+    rename, so readers never see half a run and a killed run leaves the previous state. A run
+    that fails publishes only its `raw.runs` record (status `failed`); one that quarantines
+    more than `input.max_quarantined_share` publishes its record and its quarantined rows
+    (status `rejected`).
+    `progress` receives `update(stage, done_bytes, total_bytes, rows)` and
+    `event(name, **fields)` calls.
     """
     progress = progress or _NoProgress()
     fmt = fmt or cfg.input.format
@@ -83,32 +105,70 @@ def run_pipeline(
     paths = ingest.discover_inputs(inputs)
     started_at = now or datetime.now(UTC)
     ingested_at = started_at.astimezone(UTC).replace(tzinfo=None)
-    con = store.connect(db)
+    workspace = store.open_workspace(db)
     try:
-        store.ensure_schema(con)
-        run_id = store.next_run_id(con)
-        summary = RunSummary(run_id)
+        t0 = time.perf_counter()
+        con = store.connect(workspace.work_path)
+        failure = None
         try:
-            _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, ingested_at)
-        except BaseException as err:
-            store.rollback(con)
-            # The failed run is recorded in its own transaction, so the next run can see it.
-            store.record_run(
-                con,
-                run_id=run_id,
-                started_at=started_at,
-                status="failed",
-                version=__version__,
-                inputs=[str(p) for p in paths],
-                error=f"{type(err).__name__}: {err}"[:2000],
-            )
-            raise
+            store.ensure_schema(con)
+            summary = RunSummary(store.next_run_id(con))
+            summary.stage_seconds["copy"] = time.perf_counter() - t0
+            progress.event("run_started", run_id=summary.run_id, db=str(db), inputs=len(paths))
+            try:
+                _load(con, paths, cfg, fmt, summary, progress, ingested_at)
+                _refresh_marts(con, cfg, summary, progress, full_refresh)
+                _record(con, summary, "ok", started_at, paths)
+                store.commit(con)
+            except InputRejectedError as err:
+                # The rejected rows stay for inspection; none of the run's events load.
+                store.drop_run_events(con, summary.run_id)
+                summary.status = "rejected"
+                _record(con, summary, summary.status, started_at, paths, error=err)
+                store.commit(con)
+                failure = err
+            except BaseException as err:
+                store.rollback(con)
+                summary.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+                _record(con, summary, summary.status, started_at, paths, error=err)
+                failure = err
+        finally:
+            store.close(con)
+        t0 = time.perf_counter()
+        progress.update("publish", 1, 1, summary.n_read)
+        store.publish(workspace)
+        summary.stage_seconds["publish"] = time.perf_counter() - t0
+        if failure is not None:
+            raise failure
         return summary
     finally:
-        con.close()
+        store.release_workspace(workspace)
 
 
-def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, ingested_at):
+def _record(con, summary: RunSummary, status: str, started_at, paths, error=None) -> None:
+    store.record_run(
+        con,
+        run_id=summary.run_id,
+        started_at=started_at,
+        status=status,
+        version=__version__,
+        inputs=[str(p) for p in paths],
+        files=summary.files,
+        quarantined_by_reason=summary.quarantined_by_reason,
+        nulled_fields=summary.nulled_fields,
+        n_persons=summary.n_persons if status == "ok" else None,
+        n_sessions=summary.n_sessions if status == "ok" else None,
+        n_bot_sessions=summary.n_bot_sessions if status == "ok" else None,
+        stage_seconds=summary.stage_seconds,
+        error=None if error is None else f"{type(error).__name__}: {error}"[:2000],
+        mode=summary.mode,
+        n_late_events=summary.n_late_events,
+        n_persons_refreshed=summary.n_persons_refreshed,
+    )
+
+
+def _load(con, paths, cfg, fmt, summary, progress, ingested_at) -> None:
+    """Ingest every file batch by batch into raw.events / raw.quarantine (the open transaction)."""
     total_bytes = sum(p.stat().st_size for p in paths)
     done_bytes = 0
     rows = 0
@@ -146,64 +206,96 @@ def _load_and_sessionize(con, paths, cfg, fmt, summary, progress, started_at, in
             nulled.update(dict(batch.field_issues.select("field", "n_rows").iter_rows()))
             rows += batch.n_read
             progress.update("ingest", done_bytes, total_bytes, rows)
+            progress.event("batch_loaded", source=str(path), rows=batch.n_read)
         done_bytes += stats["n_bytes"]
         progress.update("ingest", done_bytes, total_bytes, rows)
-        summary.files.append(store.FileCounts(source=str(path), **stats))
+        counts = store.FileCounts(source=str(path), **stats)
+        summary.files.append(counts)
+        progress.event("file_loaded", **{k: v for k, v in vars(counts).items()})
     summary.stage_seconds["ingest"] = read_s
     summary.stage_seconds["load"] = load_s
+    summary.quarantined_by_reason = dict(reasons.most_common())
+    summary.nulled_fields = dict(nulled)
     for f in summary.files:
         if f.n_read != f.n_accepted + f.n_duplicates + f.n_quarantined:
             raise RuntimeError(
                 f"row accounting broken for {f.source}: read {f.n_read} != accepted {f.n_accepted}"
                 f" + duplicates {f.n_duplicates} + quarantined {f.n_quarantined}"
             )
-    summary.quarantined_by_reason = dict(reasons.most_common())
-    summary.nulled_fields = dict(nulled)
+    limit = cfg.input.max_quarantined_share
+    if summary.n_read and summary.n_quarantined / summary.n_read > limit:
+        top = ", ".join(f"{r} {n:,}" for r, n in list(summary.quarantined_by_reason.items())[:3])
+        raise InputRejectedError(
+            f"{summary.n_quarantined / summary.n_read:.1%} of {summary.n_read:,} rows read were "
+            f"quarantined ({top}), above input.max_quarantined_share = {limit:g}: nothing was "
+            "loaded; fix the input or its config (see `journeymap status`), or raise the limit"
+        )
+
+
+def _refresh_marts(con, cfg: Config, summary: RunSummary, progress, full_refresh: bool) -> None:
+    """Re-sessionise the persons this run's events touch (or everyone) and refresh the marts."""
+    fingerprint = config_mod.marts_fingerprint(cfg)
+    stored = store.setting(con, "marts_fingerprint")
+    if full_refresh:
+        summary.mode, summary.refresh_reason = "full", "--full-refresh"
+    elif stored is None:
+        summary.mode, summary.refresh_reason = "full", "first run"
+    elif stored != fingerprint:
+        summary.mode = "full"
+        summary.refresh_reason = "session, bot, step, conversion or touchpoint settings changed"
+    else:
+        summary.mode, summary.refresh_reason = "incremental", ""
+    progress.event("refresh_planned", mode=summary.mode, reason=summary.refresh_reason)
+    store.set_setting(con, "marts_fingerprint", fingerprint)
+    summary.n_late_events = store.count_late_events(con, summary.run_id, cfg.sessions.late_days)
+    if summary.n_late_events:
+        progress.event(
+            "late_events", n_events=summary.n_late_events, late_days=cfg.sessions.late_days
+        )
+    incremental = summary.mode == "incremental"
 
     t0 = time.perf_counter()
-    progress.update("sessionise", done_bytes, total_bytes, rows)
-    sessions, steps = sessionize.sessionize(store.read_events(con), cfg)
-    summary.stage_seconds["sessionise"] = time.perf_counter() - t0
+    progress.update("sessionise", 1, 1, summary.n_read)
+    if incremental:
+        summary.n_persons_refreshed = store.scope_refresh(con, summary.run_id)
+    if not incremental or summary.n_persons_refreshed:
+        sessions, steps = sessionize.sessionize(
+            store.read_events(con, refresh_only=incremental), cfg
+        )
+        if incremental:
+            persons = store.refresh_persons(con)
+            sessions = sessions.filter(pl.col("person_id").is_in(persons.implode()))
+            steps = steps.join(sessions.select("session_id"), on="session_id", how="semi")
+        else:
+            summary.n_persons_refreshed = sessions["person_id"].n_unique()
+        sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
+        summary.stage_seconds["sessionise"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        progress.update("journeys", 1, 1, summary.n_read)
+        store.replace_sessions(con, sessions, steps, journey_steps, refresh_only=incremental)
+        journey_steps, journey_sessions = store.read_journeys(
+            con, exclude_bots=cfg.bots.exclude_from_journeys
+        )
+        store.replace_journey_marts(con, journey_marts(journey_steps, journey_sessions))
+        summary.stage_seconds["journeys"] = time.perf_counter() - t0
+    # Nothing new (a day loaded again): the marts already hold the answer.
 
     t0 = time.perf_counter()
-    progress.update("journeys", done_bytes, total_bytes, rows)
-    sessions, steps, marts = build_journeys(sessions, steps, cfg)
-    summary.stage_seconds["journeys"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    progress.update("store", done_bytes, total_bytes, rows)
-    store.replace_marts(con, sessions, steps)
-    store.replace_journey_marts(con, marts)
+    progress.update("store", 1, 1, summary.n_read)
     store.create_views(con)
-    human = sessions.filter(~pl.col("is_bot"))
-    journeys = human if cfg.bots.exclude_from_journeys else sessions
-    summary.n_sessions = sessions.height
-    summary.n_bot_sessions = sessions.height - human.height
-    summary.n_persons = journeys["person_id"].n_unique()
-    summary.n_converted_sessions = int(journeys["is_converted"].sum())
+    counts = store.mart_counts(con, exclude_bots=cfg.bots.exclude_from_journeys)
+    summary.n_sessions = counts["n_sessions"]
+    summary.n_bot_sessions = counts["n_bot_sessions"]
+    summary.n_persons = counts["n_persons"]
+    summary.n_converted_sessions = counts["n_converted_sessions"]
     summary.stage_seconds["store"] = time.perf_counter() - t0
-    store.record_run(
-        con,
-        run_id=summary.run_id,
-        started_at=started_at,
-        status="ok",
-        version=__version__,
-        inputs=[str(p) for p in paths],
-        files=summary.files,
-        quarantined_by_reason=summary.quarantined_by_reason,
-        nulled_fields=summary.nulled_fields,
-        n_persons=summary.n_persons,
-        n_sessions=summary.n_sessions,
-        n_bot_sessions=summary.n_bot_sessions,
-        stage_seconds=summary.stage_seconds,
-    )
-    store.commit(con)
 
 
-def build_journeys(
+def map_journeys(
     sessions: pl.DataFrame, steps: pl.DataFrame, cfg: Config
-) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, pl.DataFrame]]:
-    """Touchpoints, transitions, graph metrics, paths and blockers from sessionised steps.
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Touchpoints and collapsed journey steps of sessionised steps (per session).
 
     Returns sessions and steps again because `conversion.touchpoint` can mark more steps as
     conversions once touchpoints are known; every mart then uses the same definition.
@@ -227,6 +319,13 @@ def build_journeys(
     )
     mapped = mapped.join(journey_sessions.select("session_id"), on="session_id")
     journey_steps = journeys.collapse_repeats(mapped.lazy()).collect()
+    return sessions, steps, journey_steps
+
+
+def journey_marts(
+    journey_steps: pl.DataFrame, journey_sessions: pl.DataFrame
+) -> dict[str, pl.DataFrame]:
+    """Transitions, graph metrics, paths and blockers over every stored journey."""
     edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy()).collect()
     transitions = journeys.count_transitions(edges.lazy()).collect()
     metrics = graph.touchpoint_metrics(graph.build_transition_graph(transitions))
@@ -238,8 +337,7 @@ def build_journeys(
         .join(exits, on="touchpoint", how="left")
     )
     paths = journeys.session_paths(journey_steps.lazy(), journey_sessions.lazy())
-    marts = {
-        "journey_steps": journey_steps,
+    return {
         "transitions": transitions,
         "transitions_by_segment": journeys.transitions_by_segment(edges.lazy()).collect(),
         "touchpoints": metrics,
@@ -247,7 +345,6 @@ def build_journeys(
         "path_lengths": journeys.path_lengths(paths).collect(),
         "blockers": journeys.find_blockers(journey_steps.lazy(), journey_sessions.lazy()),
     }
-    return sessions, steps, marts
 
 
 # ---------------------------------------------------------------------------------- CLI
@@ -702,6 +799,307 @@ def report_command(db: Path, out: Path, config_path: Path | None, png_dir: Path 
     if png_dir:
         for png in report_mod.export_png(report_mod.build_figures(frames, cfg), png_dir):
             click.echo(f"wrote {png}")
+
+
+# ---------------------------------------------------------------------------------- sql
+
+SQL_PROMPT = "journeymap> "
+SQL_CONTINUATION = "       ...> "
+SQL_HELP = """\
+End each statement with `;`; it may span lines. Ctrl-C clears it, Ctrl-D leaves.
+  .tables         every table, view and macro (schema.name and kind)
+  .schema NAME    the columns and types of a table or view, e.g. .schema marts.sessions
+  .help           this text
+  .quit, .exit    leave
+The database is opened read-only: select, describe, summarize, explain, temp tables and
+copy (select ...) to 'file.csv' work; insert, create and drop do not."""
+
+
+class SqlSession:
+    """One read-only connection to `db` and how results are printed: a table of the first
+    `max_rows` rows, or every row as CSV or JSON, handed to `write` as text."""
+
+    def __init__(self, con, db: Path, fmt: str, max_rows: int, write: Callable[[str], None]):
+        self.con = con
+        self.db = db
+        self.fmt = fmt
+        self.max_rows = max_rows
+        self.write = write
+
+    def run(self, text: str) -> bool:
+        """Run a dot-command or SQL statements; False once the command was `.quit`."""
+        if text.lstrip().startswith("."):
+            return self.command(text.strip())
+        self.execute(text)
+        return True
+
+    def execute(self, script: str) -> None:
+        """Run the statements of `script` in order and print each result; the first error
+        stops it with a one-line `UsageError` saying what to do."""
+        statements: list[str] = []
+        n_done = 0
+        cap = self.max_rows if self.fmt == "table" else None
+        try:
+            statements = store.sql_statements(self.con, script)
+            for sql in statements:
+                result = store.run_sql(self.con, sql, cap)
+                if result.frame is not None:
+                    self.show(result.frame, result.n_rows)
+                elif self.fmt == "table":
+                    changed = f" ({_n_rows(result.n_rows)})" if result.n_rows else ""
+                    self.write(f"ok{changed}\n")
+                n_done += 1
+        except SqlError as err:
+            where = f"statement {n_done + 1}: " if len(statements) > 1 else ""
+            raise UsageError(where + self._with_hint(err)) from err
+
+    def command(self, line: str) -> bool:
+        """A dot-command: `.tables`, `.schema NAME`, `.help`, `.quit`; False for `.quit`."""
+        name, _, arg = line.rstrip(";").partition(" ")
+        arg = arg.strip().strip('"')
+        if name in (".quit", ".exit"):
+            return False
+        if name == ".help":
+            self.write(SQL_HELP + "\n")
+        elif name == ".tables":
+            objects = store.list_objects(self.con)
+            self.show(objects, objects.height)
+        elif name == ".schema":
+            if not arg:
+                raise UsageError("`.schema` needs a name, e.g. `.schema marts.sessions`")
+            columns = store.describe_object(self.con, arg)
+            if columns.is_empty():
+                raise UsageError(f"no table or view named {arg}: `.tables` lists them")
+            names = columns["name"].unique(maintain_order=True).to_list()
+            if len(names) == 1:
+                self.show(columns.drop("name"), columns.height, title=names[0])
+            else:
+                self.show(columns, columns.height)
+        else:
+            raise UsageError(f"unknown command {name}: `.help` lists the commands")
+        return True
+
+    def show(self, frame: pl.DataFrame, n_rows: int, title: str | None = None) -> None:
+        """Print `frame`, the first rows of a result of `n_rows` rows."""
+        if self.fmt == "csv":
+            self.write(_flat(frame, nested_as_json=True).write_csv())
+            return
+        if self.fmt == "json":
+            self.write(_flat(frame, nested_as_json=False).write_json() + "\n")
+            return
+        if not n_rows:
+            self.write(f"(no rows; columns: {', '.join(frame.columns)})\n")
+            return
+        console = _wide_console()
+        with console.capture() as capture:
+            console.print(_sql_table(frame, title, console.width))
+        self.write(capture.get())
+        if n_rows > frame.height:
+            self.write(
+                f"… {n_rows - frame.height:,} more rows ({_n_rows(n_rows)} in all): raise "
+                "--max-rows, or use --format csv for every row\n"
+            )
+
+    def _with_hint(self, err: SqlError) -> str:
+        if err.kind == "read_only":
+            return (
+                f"{err} (`journeymap run` is its only writer); keep a result with "
+                "`--format csv > FILE`, `copy (select ...) to 'FILE'` or a temp table"
+            )
+        if err.kind == "catalog" and err.missing:
+            close = _close_names(err.missing, store.list_objects(self.con)["name"].to_list())
+            guess = f"; did you mean {' or '.join(close)}?" if close else ""
+            return f"{err}{guess} (see `journeymap sql --db {self.db}`, then `.tables`)"
+        if err.kind == "binder":
+            return f"{err}; `.schema TABLE` lists a table's columns"
+        return str(err)
+
+
+def _n_rows(n: int) -> str:
+    return "1 row" if n == 1 else f"{n:,} rows"
+
+
+def _close_names(missing: str, names: list[str]) -> list[str]:
+    """Up to three `names` that look like `missing`, whether it has its schema or not."""
+    by_key: dict[str, list[str]] = {}
+    for name in names:
+        for key in (name.lower(), name.rsplit(".", 1)[-1].lower()):
+            by_key.setdefault(key, []).append(name)
+    # A bare name that exists in some schema is the usual slip: suggest just that.
+    exact = missing.lower() in by_key
+    close = (
+        [missing.lower()]
+        if exact
+        else difflib.get_close_matches(missing.lower(), list(by_key), n=3, cutoff=0.75)
+    )
+    return list(dict.fromkeys(name for key in close for name in by_key[key]))[:3]
+
+
+def _sql_table(frame: pl.DataFrame, title: str | None, width: int) -> Table:
+    """Values as text, never as rich markup (URLs and user agents come from the web); NULL
+    stays distinct from an empty string. A result too wide for `width` is shown one row
+    after the other, a line per column (like psql's expanded display), instead of every
+    cell folded into a column of fragments."""
+    rows = [
+        [Text("NULL", style="dim") if v is None else Text(str(v)) for v in row]
+        for row in frame.iter_rows()
+    ]
+    natural = sum(
+        3 + max([len(name)] + [min(len(row[i]), 40) for row in rows])
+        for i, name in enumerate(frame.columns)
+    )
+    table = Table(title=Text(title) if title else None, title_justify="left")
+    if natural <= width:
+        for name, dtype in frame.schema.items():
+            justify = "right" if dtype.is_numeric() else "left"
+            table.add_column(Text(name), justify=justify, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        return table
+    table.add_column("column")
+    table.add_column("value", overflow="fold")
+    for number, row in enumerate(rows, 1):
+        table.add_row(Text(f"row {number}", style="bold"), "")
+        for name, value in zip(frame.columns, row, strict=True):
+            table.add_row(Text(name), value)
+        table.add_section()
+    return table
+
+
+def _flat(frame: pl.DataFrame, nested_as_json: bool) -> pl.DataFrame:
+    """Columns CSV or JSON cannot hold as they are: bytes become hex; for CSV, lists and
+    structs become their JSON text."""
+    columns = []
+    for name, dtype in frame.schema.items():
+        column = frame[name]
+        if dtype == pl.Binary:
+            column = column.bin.encode("hex")
+        elif nested_as_json and dtype.is_nested():
+            text = [None if v is None else json.dumps(v, default=str) for v in column.to_list()]
+            column = pl.Series(name, text, dtype=pl.String)
+        columns.append(column)
+    return pl.DataFrame(columns)
+
+
+def sql_prompt(
+    session: SqlSession,
+    read_line: Callable[[str], str],
+    write_error: Callable[[str], None],
+    *,
+    interactive: bool,
+) -> None:
+    """Read SQL and dot-commands line by line and run them, until `.quit` or the input ends.
+
+    A statement may span lines; it runs once a line ends with `;` (a script's last statement
+    may lack it). `read_line(prompt)` behaves like `input()`: EOFError when the input ends,
+    KeyboardInterrupt on Ctrl-C, which drops the statement being typed. At the prompt
+    (`interactive`) an error prints one line and the prompt carries on; in a script the first
+    error stops it with a `UsageError` naming its line.
+    """
+    buffer: list[str] = []
+    line_number = first_line = 0
+
+    def attempt(text: str) -> bool:
+        try:
+            return session.run(text)
+        except JourneymapError as err:
+            if not interactive:
+                raise UsageError(f"line {first_line}: {err}") from err
+            write_error(f"error: {err}")
+        except KeyboardInterrupt:
+            if not interactive:
+                raise
+            write_error("interrupted")
+        return True
+
+    while True:
+        try:
+            line = read_line(SQL_CONTINUATION if buffer else SQL_PROMPT)
+        except EOFError:
+            if interactive:
+                session.write("\n")
+            break
+        except KeyboardInterrupt:
+            buffer.clear()
+            session.write("\n")
+            continue
+        line_number += 1
+        if not buffer:
+            if not line.strip():
+                continue
+            first_line = line_number
+            if line.lstrip().startswith("."):
+                if not attempt(line):
+                    return
+                continue
+        buffer.append(line)
+        if line.rstrip().endswith(";"):
+            script = "\n".join(buffer)
+            buffer.clear()
+            attempt(script)
+    if buffer and not interactive:
+        attempt("\n".join(buffer))
+
+
+def _line_reader(text: str) -> Callable[[str], str]:
+    """`input()` over a script: its lines one by one, then EOFError."""
+    lines = iter(text.splitlines())
+
+    def read_line(prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    return read_line
+
+
+@cli.command(name="sql")
+@_DB
+@click.argument("query", required=False)
+@_OUTPUT
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Rows a table shows; the rest are counted (CSV and JSON print every row).",
+)
+def sql_command(db: Path, query: str | None, fmt: str, max_rows: int) -> None:
+    """Query --db with SQL, read-only: QUERY, statements on stdin (`-`), or a prompt.
+
+    Without QUERY: a `journeymap>` prompt on a terminal (`.help` lists its commands), else the
+    statements piped into stdin, one after another.
+    """
+    con = store.connect(db, read_only=True)
+    try:
+        session = SqlSession(con, db, fmt, max_rows, write=lambda text: click.echo(text, nl=False))
+        if query is not None and query != "-":
+            if not query.strip():
+                raise UsageError("QUERY is empty: give a statement, e.g. 'select 42'")
+            session.run(query)
+        elif query is None and sys.stdin.isatty():
+            with contextlib.suppress(ImportError):
+                import readline  # noqa: F401 - line editing and history for input()
+            session.write(
+                f"journeymap sql on {db} (read-only). End statements with `;`; `.help` lists "
+                "the commands, `.quit` or Ctrl-D leaves.\n"
+            )
+            sql_prompt(session, input, _echo_error, interactive=True)
+        else:
+            script = sys.stdin.read()
+            if not script.strip():
+                raise UsageError(
+                    "no SQL on stdin: give a QUERY, pipe statements in, or run "
+                    f"`journeymap sql --db {db}` in a terminal for a prompt"
+                )
+            sql_prompt(session, _line_reader(script), _echo_error, interactive=False)
+    finally:
+        con.close()
+
+
+def _echo_error(text: str) -> None:
+    click.echo(text, err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

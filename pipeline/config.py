@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import re
 import tomllib
 import types
@@ -73,6 +75,9 @@ class InputConfig:
     ts_unit: str = "iso"
     max_line_bytes: int = 65536
     csv_separator: str = ","
+    # A run whose rejected share of rows read is above this fails with exit code 5 and
+    # publishes nothing but its run record: a changed export format must wake someone up.
+    max_quarantined_share: float = 0.5
     columns: ColumnMapping = field(default_factory=ColumnMapping)
 
 
@@ -119,6 +124,9 @@ class SessionConfig:
     split_at_midnight: bool = False
     timezone: str = "UTC"
     split_on_campaign_change: bool = False
+    # Events older than this many days before the newest stored event are reported as late:
+    # they still land in the right sessions, but they change figures already published.
+    late_days: int = 3
 
 
 @dataclass(frozen=True)
@@ -392,6 +400,9 @@ def _coerce(hint: Any, value: Any, key: str):
         ok = isinstance(value, bool)
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
     else:
         ok = isinstance(value, hint)
     if not ok:
@@ -433,6 +444,13 @@ def _check_values(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be a positive number, got {value}")
+    if not 0 <= cfg.input.max_quarantined_share <= 1:
+        raise ConfigError(
+            f"input.max_quarantined_share must be a share between 0 and 1 (0.05 = 5 %), "
+            f"got {cfg.input.max_quarantined_share}"
+        )
+    if cfg.sessions.late_days < 0:
+        raise ConfigError(f"sessions.late_days must be 0 or more, got {cfg.sessions.late_days}")
     if cfg.input.ts_unit not in ("iso", "s", "ms", "us") and "%" not in cfg.input.ts_unit:
         # Anything else would be taken as a strftime format that matches nothing, and every
         # row would be quarantined as a bad timestamp.
@@ -549,3 +567,28 @@ def _check_report(report: ReportConfig) -> None:
                 f"report touchpoint {name!r} is a synthetic node, not a touchpoint: "
                 'the funnel and the anchored Sankey take touchpoint names such as "cart"'
             )
+
+
+# Bump when a code change alters what the stored sessions or journeys mean: the next run then
+# rebuilds every mart instead of mixing old and new definitions.
+MARTS_VERSION = 2
+
+
+def marts_fingerprint(cfg: Config) -> str:
+    """A digest of everything the stored sessions and journeys depend on.
+
+    An incremental run recomputes only the persons with new events; that is exact only while
+    these settings stay the same, so a changed fingerprint makes the run rebuild every mart.
+    """
+    sessions = dataclasses.asdict(cfg.sessions)
+    sessions.pop("late_days")  # decides what is reported, not what is computed
+    shaping = {
+        "marts_version": MARTS_VERSION,
+        "sessions": sessions,
+        "bots": dataclasses.asdict(cfg.bots),
+        "steps": dataclasses.asdict(cfg.steps),
+        "conversion": dataclasses.asdict(cfg.conversion),
+        "touchpoints": [dataclasses.asdict(rule) for rule in cfg.touchpoints],
+        "default_touchpoints": cfg.default_touchpoints,
+    }
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:16]

@@ -27,3 +27,22 @@ class StoreError(JourneymapError):
     """The database cannot be opened or written."""
 
     exit_code = 3
+
+
+class InputRejectedError(JourneymapError):
+    """Too much of the input was quarantined: the run published nothing but its record."""
+
+    exit_code = 5
+
+
+class SqlError(UsageError):
+    """DuckDB refused a statement of `journeymap sql`.
+
+    `kind` says why, so the caller can add a hint: "syntax", "catalog", "binder",
+    "read_only" or "other"; `missing` names the table a catalog error did not find.
+    """
+
+    def __init__(self, message: str, kind: str = "other", missing: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.missing = missing

@@ -15,21 +15,12 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.graph import CONVERSION, EXIT, START, wilson_bounds
+from pipeline.schemas import JOURNEY_STEPS
 
 SEGMENT_DIMENSIONS = ("device", "browser", "os", "channel", "device_browser")
 PATH_SEPARATOR = " > "
 
-JOURNEY_STEPS_SCHEMA = {
-    "session_id": pl.String(),
-    "position": pl.UInt32(),
-    "touchpoint": pl.String(),
-    "stage": pl.String(),
-    "entered_at": pl.Datetime("us", "UTC"),
-    "left_at": pl.Datetime("us", "UTC"),
-    "n_repeats": pl.UInt32(),
-    "n_errors": pl.UInt32(),
-    "is_conversion": pl.Boolean(),
-}
+JOURNEY_STEPS_SCHEMA = JOURNEY_STEPS.columns
 
 
 def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:

@@ -105,13 +105,35 @@ SESSION_STEPS = Contract(
         "step": pl.UInt32(),
         "ts": UTC_US,
         "event_id": pl.String(),
+        # The device that took the step: a person's session may span devices once stitched,
+        # and incremental runs find the sessions a device's new events touch through it.
+        "anonymous_id": pl.String(),
         "url": pl.String(),
         "event_type": pl.String(),
         "status": pl.Int16(),
         "is_conversion": pl.Boolean(),
     },
-    required=("session_id", "step", "ts", "event_id", "url", "event_type"),
+    required=("session_id", "step", "ts", "event_id", "anonymous_id", "url", "event_type"),
     key=("session_id", "step"),
+)
+
+# A human session's journey: consecutive repeats of a touchpoint collapsed into one step,
+# cut after the first conversion (see `journeys.collapse_repeats`).
+JOURNEY_STEPS = Contract(
+    "journey_steps",
+    {
+        "session_id": pl.String(),
+        "position": pl.UInt32(),
+        "touchpoint": pl.String(),
+        "stage": pl.String(),
+        "entered_at": UTC_US,
+        "left_at": UTC_US,
+        "n_repeats": pl.UInt32(),
+        "n_errors": pl.UInt32(),
+        "is_conversion": pl.Boolean(),
+    },
+    required=("session_id", "position", "touchpoint", "entered_at", "left_at"),
+    key=("session_id", "position"),
 )
 
 

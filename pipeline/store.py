@@ -1,8 +1,14 @@
 """Store: the only module that opens DuckDB.
 
 Layers: `raw` (events, quarantine, runs, run_files, settings) → `staging` (views) → `marts`
-(sessions, session_steps, and views from `sql/`). A run writes everything in one
-transaction: a run that fails leaves the previous state untouched.
+(sessions, session_steps, journey marts, and views from `sql/`).
+
+Readers and the nightly writer never meet in one file. A run takes `<db>.lock`, copies the
+published database to a private work file beside it, writes there in one transaction,
+checkpoints, and renames the work file over the published one (`publish`). A rename is
+atomic: a reader that opened the database read-only keeps reading the state it opened, a
+reader that opens it later sees the whole new run, and nobody ever sees half a run. A run
+killed at any point leaves only a stale work file, which the next run deletes.
 
 Two keys are assigned here, in SQL, because they need a stable hash (Polars' hash is only
 stable within one Polars version) and the database's salt:
@@ -16,8 +22,11 @@ stable within one Polars version) and the database's salt:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import secrets
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,8 +35,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from pipeline.errors import StoreError
-from pipeline.schemas import EVENTS, SESSION_STEPS, SESSIONS, UTC_US
+from pipeline.errors import SqlError, StoreError
+from pipeline.schemas import EVENTS, JOURNEY_STEPS, SESSION_STEPS, SESSIONS, UTC_US
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SQL_LAYERS = ("staging", "marts", "macros")
@@ -80,6 +89,124 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
     return con
 
 
+# --------------------------------------------------------------------- the run's work file
+
+
+@dataclass
+class Workspace:
+    """A run's private copy of the database, held under the database's lock."""
+
+    db: Path
+    work_path: Path
+    lock_fd: int
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+def lock_path(db: str | Path) -> Path:
+    db = Path(db)
+    return db.with_name(db.name + ".lock")
+
+
+def open_workspace(db: str | Path) -> Workspace:
+    """Lock `db` for this run and copy it to a fresh work file (the run writes only there).
+
+    A second run on the same database gets a `StoreError` at once instead of waiting: a
+    scheduler should see overlapping runs, not queue them silently.
+    """
+    db = Path(db)
+    if db.is_dir():
+        raise StoreError(
+            f"--db {db} is a directory: give a database file such as {db}/journeymap.duckdb"
+        )
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path(db), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise StoreError(
+            f"cannot create {lock_path(db)} next to --db: {err.strerror}; choose a writable --db FILE"
+        ) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(
+            f"another journeymap run is writing {db} ({holder}): wait for it to finish, "
+            "or schedule runs so that they do not overlap"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC".encode(), 0)
+    # Work files of runs that were killed: nobody else can hold them while we hold the lock.
+    for stale in db.parent.glob(f".{db.name}.run-*"):
+        stale.unlink(missing_ok=True)
+    work = db.with_name(f".{db.name}.run-{os.getpid()}")
+    try:
+        if db.exists():
+            shutil.copyfile(db, work)
+            if _wal(db).exists():
+                shutil.copyfile(_wal(db), _wal(work))
+    except OSError as err:
+        release_workspace(Workspace(db, work, fd))
+        raise StoreError(f"cannot copy {db} to its work file: {err.strerror}") from err
+    return Workspace(db, work, fd)
+
+
+def publish(ws: Workspace) -> None:
+    """Atomically replace the published database with the (closed) work file."""
+    with open(ws.work_path, "rb+") as f:
+        os.fsync(f.fileno())
+    # A WAL beside the published file belongs to the old file (someone wrote to it outside
+    # journeymap); its content was copied into the work file, and left in place it would be
+    # replayed onto the new one.
+    _wal(ws.db).unlink(missing_ok=True)
+    os.replace(ws.work_path, ws.db)
+    dir_fd = os.open(ws.db.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def release_workspace(ws: Workspace) -> None:
+    """Delete an unpublished work file and release the lock (the lock file stays: removing it
+    would let two runs lock two different files)."""
+    for leftover in (ws.work_path, _wal(ws.work_path)):
+        leftover.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        fcntl.flock(ws.lock_fd, fcntl.LOCK_UN)
+    os.close(ws.lock_fd)
+
+
+def running_writer(db: str | Path) -> str | None:
+    """Who holds the lock of `db` (a description), or None when no run is writing it."""
+    path = lock_path(db)
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def close(con: duckdb.DuckDBPyConnection) -> None:
+    """Checkpoint and close: the file then holds everything, with no WAL beside it."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("checkpoint")
+    con.close()
+
+
+# ------------------------------------------------------------------------------- schema
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the schemas and raw tables if they are missing (idempotent)."""
     for schema in ("raw", "staging", "marts"):
@@ -104,6 +231,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
             stage_seconds json, error varchar
         )"""
     )
+    # Columns added after the first release: older databases gain them in place.
+    for column, dtype in RUNS_ADDED_COLUMNS.items():
+        con.execute(f"alter table raw.runs add column if not exists {column} {dtype}")
     con.execute(
         """
         create table if not exists raw.run_files (
@@ -118,6 +248,31 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(
         f"create table if not exists marts.session_steps (\n    {_columns_ddl(SESSION_STEPS.columns)}\n)"
     )
+    con.execute("alter table marts.session_steps add column if not exists anonymous_id varchar")
+    if has_table(con, "marts.journey_steps") and not _scalar(
+        con,
+        "select count(*) from duckdb_tables() where schema_name = 'marts' "
+        "and table_name = 'journey_steps'",
+    ):
+        con.execute("drop view marts.journey_steps")
+    con.execute(
+        f"create table if not exists marts.journey_steps (\n    {_columns_ddl(JOURNEY_STEPS.columns)}\n)"
+    )
+
+
+RUNS_ADDED_COLUMNS = {
+    "mode": "varchar",
+    "n_late_events": "bigint",
+    "n_persons_refreshed": "bigint",
+}
+
+
+def setting(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    return _scalar(con, "select value from raw.settings where key = ?", [key])
+
+
+def set_setting(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    con.execute("insert or replace into raw.settings values (?, ?)", [key, value])
 
 
 def visitor_salt(con: duckdb.DuckDBPyConnection) -> str:
@@ -159,9 +314,21 @@ def stage_batch(
     """
     if quarantine.height:
         con.register("batch_quarantine", quarantine.to_arrow())
+        # A file loaded again rejects the same rows again: they are counted in this run's
+        # figures but stored once.
         con.execute(
-            "insert into raw.quarantine "
-            "select source, source_line, raw, reason, ?, ? from batch_quarantine",
+            """
+            insert into raw.quarantine
+            select source, source_line, raw, reason, ?, ?
+            from batch_quarantine as new
+            where not exists (
+                select 1 from raw.quarantine as stored
+                where stored.source = new.source
+                    and stored.source_line is not distinct from new.source_line
+                    and stored.reason = new.reason
+                    and stored.raw is not distinct from new.raw
+            )
+            """,
             [run_id, ingested_at],
         )
         con.unregister("batch_quarantine")
@@ -217,14 +384,87 @@ _CATEGORICAL = (
 )
 
 
-def read_events(con: duckdb.DuckDBPyConnection, batch_rows: int = 1_000_000) -> pl.LazyFrame:
-    """Every stored event as a Polars frame, streamed from DuckDB in Arrow batches.
+def drop_run_events(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
+    """Take back the events a run staged (its quarantined rows stay)."""
+    con.execute("delete from raw.events where run_id = ?", [run_id])
+
+
+def count_late_events(con: duckdb.DuckDBPyConnection, run_id: int, late_days: int) -> int:
+    """Events of this run older than `late_days` before the newest event stored earlier."""
+    return _scalar(
+        con,
+        """
+        select count(*) from raw.events
+        where run_id = ?
+            and ts < (select max(ts) from raw.events where run_id < ?) - to_days(?)
+        """,
+        [run_id, run_id, late_days],
+    )
+
+
+def scope_refresh(con: duckdb.DuckDBPyConnection, run_id: int) -> int:
+    """Find the persons whose sessions this run's new events can change; returns how many.
+
+    A new event of device D can change: the persons D's steps belonged to so far (identity
+    stitching may move D to another person), D's own anonymous person, and the person of
+    every user id D ever logged in with. Those persons are re-sessionised whole from every
+    event of every device that has ever been part of them, so their sessions come out exactly
+    as in a full run: late events, sessions crossing midnight and new logins included.
+    Creates the temp tables `refresh_persons` and `refresh_devices`.
+    """
+    con.execute(
+        "create or replace temp table touched_devices as "
+        "select distinct anonymous_id from raw.events where run_id = ?",
+        [run_id],
+    )
+    con.execute(
+        """
+        create or replace temp table refresh_persons as
+        select distinct sessions.person_id
+        from marts.session_steps as steps
+        join marts.sessions as sessions using (session_id)
+        where steps.anonymous_id in (select anonymous_id from touched_devices)
+        union
+        select 'a:' || anonymous_id from touched_devices
+        union
+        select distinct 'u:' || user_id from raw.events
+        where user_id is not null
+            and anonymous_id in (select anonymous_id from touched_devices)
+        """
+    )
+    con.execute(
+        """
+        create or replace temp table refresh_devices as
+        select anonymous_id from touched_devices
+        union
+        select distinct steps.anonymous_id
+        from marts.session_steps as steps
+        join marts.sessions as sessions using (session_id)
+        where sessions.person_id in (select person_id from refresh_persons)
+        """
+    )
+    return _scalar(con, "select count(*) from refresh_persons")
+
+
+def refresh_persons(con: duckdb.DuckDBPyConnection) -> pl.Series:
+    """The person ids chosen by `scope_refresh`."""
+    return query(con, "select person_id from refresh_persons")["person_id"]
+
+
+def read_events(
+    con: duckdb.DuckDBPyConnection, batch_rows: int = 1_000_000, *, refresh_only: bool = False
+) -> pl.LazyFrame:
+    """Stored events as a Polars frame, streamed from DuckDB in Arrow batches: all of them, or
+    (`refresh_only`) those of the devices `scope_refresh` chose.
 
     Low-cardinality text columns become Categorical batch by batch, so the peak memory is
     one batch of plain strings, not the whole table.
     """
     columns = ", ".join(c for c in EVENTS.columns if c not in ("source", "source_line"))
-    reader = con.sql(f"select {columns} from raw.events").to_arrow_reader(batch_rows)
+    where = (
+        " where anonymous_id in (select anonymous_id from refresh_devices)" if refresh_only else ""
+    )
+    reader = con.sql(f"select {columns} from raw.events{where}").to_arrow_reader(batch_rows)
     parts = [
         pl.from_arrow(batch).with_columns(
             pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US)
@@ -238,19 +478,74 @@ def read_events(con: duckdb.DuckDBPyConnection, batch_rows: int = 1_000_000) -> 
     return pl.concat(parts, rechunk=False).lazy()
 
 
-def replace_marts(
-    con: duckdb.DuckDBPyConnection, sessions: pl.DataFrame, session_steps: pl.DataFrame
+def replace_sessions(
+    con: duckdb.DuckDBPyConnection,
+    sessions: pl.DataFrame,
+    session_steps: pl.DataFrame,
+    journey_steps: pl.DataFrame,
+    *,
+    refresh_only: bool,
 ) -> None:
-    """Swap in freshly computed sessions and steps (inside the run's transaction)."""
-    for name, frame in (("sessions", sessions), ("session_steps", session_steps)):
+    """Swap in recomputed sessions, their steps and journey steps (inside the run's
+    transaction): for the persons `scope_refresh` chose, or (not `refresh_only`) for all."""
+    affected = (
+        "where session_id in (select session_id from marts.sessions where person_id in "
+        "(select person_id from refresh_persons))"
+        if refresh_only
+        else ""
+    )
+    for name in ("session_steps", "journey_steps"):
+        con.execute(f"delete from marts.{name} {affected}")
+    con.execute(
+        "delete from marts.sessions"
+        + (" where person_id in (select person_id from refresh_persons)" if refresh_only else "")
+    )
+    for name, frame in (
+        ("sessions", sessions),
+        ("session_steps", session_steps),
+        ("journey_steps", journey_steps),
+    ):
         con.register(f"new_{name}", frame.to_arrow())
-        con.execute(f"delete from marts.{name}")
-        con.execute(f"insert into marts.{name} select * from new_{name}")
+        con.execute(f"insert into marts.{name} by name select * from new_{name}")
         con.unregister(f"new_{name}")
 
 
+def read_journeys(
+    con: duckdb.DuckDBPyConnection, *, exclude_bots: bool
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(journey_steps, journey sessions) of every stored journey, in key order.
+
+    The order is fixed so that every aggregate comes out bit for bit the same whichever
+    runs built the rows (floating-point sums depend on the order they add up in).
+    """
+    sessions = query(
+        con,
+        "select * from marts.sessions"
+        + (" where not is_bot" if exclude_bots else "")
+        + " order by session_id",
+    )
+    steps = query(con, "select * from marts.journey_steps order by session_id, position")
+    return steps, sessions
+
+
+def mart_counts(con: duckdb.DuckDBPyConnection, *, exclude_bots: bool) -> dict[str, int]:
+    """Totals over all stored sessions for the run summary."""
+    journey = "not is_bot" if exclude_bots else "true"
+    row = con.execute(
+        f"""
+        select
+            count(*),
+            count(*) filter (where is_bot),
+            count(distinct person_id) filter (where {journey}),
+            count(*) filter (where {journey} and is_converted),
+        from marts.sessions
+        """
+    ).fetchall()[0]
+    keys = ("n_sessions", "n_bot_sessions", "n_persons", "n_converted_sessions")
+    return {k: int(v or 0) for k, v in zip(keys, row, strict=True)}
+
+
 JOURNEY_MARTS = (
-    "journey_steps",
     "transitions",
     "transitions_by_segment",
     "touchpoints",
@@ -261,7 +556,8 @@ JOURNEY_MARTS = (
 
 
 def replace_journey_marts(con: duckdb.DuckDBPyConnection, marts: dict[str, pl.DataFrame]) -> None:
-    """Replace the journey marts (their shape follows the frames) inside the run's transaction."""
+    """Replace the aggregate journey marts (their shape follows the frames) inside the run's
+    transaction."""
     for name, frame in marts.items():
         if name not in JOURNEY_MARTS:
             raise ValueError(f"unknown journey mart {name!r}")
@@ -310,29 +606,36 @@ def record_run(
     n_bot_sessions: int | None = None,
     stage_seconds: dict[str, float] | None = None,
     error: str | None = None,
+    mode: str | None = None,
+    n_late_events: int | None = None,
+    n_persons_refreshed: int | None = None,
 ) -> None:
     files = list(files)
+    values = {
+        "run_id": run_id,
+        "started_at": started_at,
+        "ended_at": datetime.now(UTC),
+        "status": status,
+        "version": version,
+        "inputs": inputs,
+        "n_read": sum(f.n_read for f in files),
+        "n_accepted": sum(f.n_accepted for f in files),
+        "n_duplicates": sum(f.n_duplicates for f in files),
+        "n_quarantined": sum(f.n_quarantined for f in files),
+        "quarantined_by_reason": json.dumps(quarantined_by_reason or {}),
+        "nulled_fields": json.dumps(nulled_fields or {}),
+        "n_persons": n_persons,
+        "n_sessions": n_sessions,
+        "n_bot_sessions": n_bot_sessions,
+        "stage_seconds": json.dumps({k: round(v, 3) for k, v in (stage_seconds or {}).items()}),
+        "error": error,
+        "mode": mode,
+        "n_late_events": n_late_events,
+        "n_persons_refreshed": n_persons_refreshed,
+    }
     con.execute(
-        "insert into raw.runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            run_id,
-            started_at,
-            datetime.now(UTC),
-            status,
-            version,
-            inputs,
-            sum(f.n_read for f in files),
-            sum(f.n_accepted for f in files),
-            sum(f.n_duplicates for f in files),
-            sum(f.n_quarantined for f in files),
-            json.dumps(quarantined_by_reason or {}),
-            json.dumps(nulled_fields or {}),
-            n_persons,
-            n_sessions,
-            n_bot_sessions,
-            json.dumps({k: round(v, 3) for k, v in (stage_seconds or {}).items()}),
-            error,
-        ],
+        f"insert into raw.runs ({', '.join(values)}) values ({', '.join('?' * len(values))})",
+        list(values.values()),
     )
     if files:
         con.executemany(
@@ -389,3 +692,213 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
 def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
     """Run a read query and hand back a Polars frame (no DuckDB object leaves this module)."""
     return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
+
+
+# ------------------------------------------------------------------------------ ad-hoc SQL
+
+
+@dataclass(frozen=True)
+class SqlResult:
+    """What one statement of a user's SQL gave back (`journeymap sql`).
+
+    `frame` holds the rows (only the first `max_rows` when capped), or is None for a statement
+    without rows (`set`, `create temp table`, `copy ... to`); `n_rows` counts every row of the
+    result, or the rows such a statement wrote.
+    """
+
+    frame: pl.DataFrame | None
+    n_rows: int
+
+
+def sql_statements(con: duckdb.DuckDBPyConnection, script: str) -> list[str]:
+    """The statements of `script`, split by DuckDB's own parser: a `;` in a string or a comment
+    ends nothing, and a comment alone is no statement. A syntax error raises `SqlError`."""
+    try:
+        return [statement.query for statement in con.extract_statements(script)]
+    except duckdb.Error as err:
+        raise _sql_error(err) from err
+
+
+def run_sql(
+    con: duckdb.DuckDBPyConnection, sql: str, max_rows: int | None = None, batch_rows: int = 10_000
+) -> SqlResult:
+    """Run one statement of a user's SQL; rows past `max_rows` are counted, not kept, so a
+    capped result of any size fits in memory.
+
+    Whatever DuckDB refuses becomes a one-line `SqlError`. On a read-only connection that is
+    every write to the database; temp tables and `copy ... to 'file'` still work.
+    """
+    try:
+        statements = con.extract_statements(sql)
+        if len(statements) != 1:
+            raise ValueError(f"run_sql runs one statement, got {len(statements)}")
+        kinds = statements[0].expected_result_type
+        relation = con.sql(statements[0].query)
+        if relation is None or duckdb.ExpectedResultType.QUERY_RESULT not in kinds:
+            return SqlResult(None, 0)
+        if duckdb.ExpectedResultType.CHANGED_ROWS in kinds:
+            # `create table as`, `copy`: DuckDB reports how many rows were written.
+            rows = relation.fetchall()
+            return SqlResult(None, int(rows[0][0]) if rows and rows[0] else 0)
+        reader = relation.to_arrow_reader(batch_rows)
+        kept: list[pl.DataFrame] = []
+        n_rows = 0
+        for batch in reader:
+            if max_rows is None or n_rows < max_rows:
+                room = batch.num_rows if max_rows is None else max_rows - n_rows
+                kept.append(_display_frame(batch.slice(0, room)))
+            n_rows += batch.num_rows
+    # Errors found while rows stream (a failed cast) reach Python through Arrow, as OSError.
+    except (duckdb.Error, OSError) as err:
+        raise _sql_error(err) from err
+    frame = pl.concat(kept) if kept else _display_frame(reader.schema.empty_table())
+    return SqlResult(frame, n_rows)
+
+
+def list_objects(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    """Every table, view and macro a user can query, by `name` as SQL spells it
+    (`marts.sessions`, `temp.t` for a temp table) and `kind`, sorted by name."""
+    return query(
+        con,
+        """
+        with objects as (
+            select database_name, schema_name, table_name as object_name, 'table' as kind,
+            from duckdb_tables()
+            where not internal
+            union all
+            select database_name, schema_name, view_name, 'view',
+            from duckdb_views()
+            where not internal
+            union all
+            select distinct
+                database_name,
+                schema_name,
+                function_name,
+                case function_type when 'table_macro' then 'table macro' else 'macro' end,
+            from duckdb_functions()
+            where not internal and function_type in ('macro', 'table_macro')
+        ),
+        final as (
+            select
+                case
+                    when database_name = current_database() then schema_name || '.' || object_name
+                    when database_name = 'temp' then 'temp.' || object_name
+                    else database_name || '.' || schema_name || '.' || object_name
+                end as name,
+                kind,
+            from objects
+            where database_name != 'system'
+        )
+        select * from final order by name
+        """,
+    )
+
+
+def describe_object(con: duckdb.DuckDBPyConnection, name: str) -> pl.DataFrame:
+    """The columns of the tables and views called `name` (`marts.sessions`, or a bare
+    `sessions` in any schema): `name`, `column_name`, `data_type`, `is_nullable`, in column
+    order; empty when nothing has that name."""
+    return query(
+        con,
+        """
+        with columns as (
+            select
+                case
+                    when database_name = current_database() then schema_name || '.' || object_name
+                    when database_name = 'temp' then 'temp.' || object_name
+                    else database_name || '.' || schema_name || '.' || object_name
+                end as name,
+                object_name,
+                column_name,
+                data_type,
+                is_nullable,
+                column_index,
+            from (select *, table_name as object_name from duckdb_columns())
+            where not internal and database_name != 'system'
+        ),
+        final as (
+            select name, column_name, data_type, is_nullable,
+            from columns
+            where lower(name) = lower(?) or lower(object_name) = lower(?)
+            order by name, column_index
+        )
+        select * from final
+        """,
+        [name, name],
+    )
+
+
+def _display_frame(data) -> pl.DataFrame:
+    """A Polars frame from an Arrow batch or table, as a result to print: a repeated column
+    name gets a suffix (`n`, `n_2`), and a column Polars cannot hold (an interval, a union)
+    becomes its text."""
+    names: list[str] = []
+    columns = []
+    for name, column in zip(data.schema.names, data.columns, strict=True):
+        unique, n = name, 1
+        while unique in names:
+            n += 1
+            unique = f"{name}_{n}"
+        names.append(unique)
+        # Polars panics (an uncatchable PanicException) on an interval nested in a list or
+        # struct, so those types never reach it; the type's text names them at any depth.
+        arrow_type = str(column.type)
+        series = None
+        if "interval" not in arrow_type and "union" not in arrow_type:
+            with contextlib.suppress(pl.exceptions.PolarsError):
+                series = pl.Series(unique, column)
+        if series is None:
+            text = [None if v is None else _value_text(v) for v in column.to_pylist()]
+            series = pl.Series(unique, text, dtype=pl.String)
+        columns.append(series)
+    return pl.DataFrame(columns)
+
+
+def _value_text(value) -> str:
+    """A value as text; an interval as DuckDB writes it (`1 month 3 days 02:00:00`)."""
+    if not all(hasattr(value, part) for part in ("months", "days", "nanoseconds")):
+        return str(value)
+    parts = [
+        f"{n} {unit}{'s' if n != 1 else ''}"
+        for n, unit in ((value.months, "month"), (value.days, "day"))
+        if n
+    ]
+    if value.nanoseconds or not parts:
+        seconds, nanoseconds = divmod(abs(value.nanoseconds), 1_000_000_000)
+        minutes, seconds = divmod(seconds, 60)
+        clock = f"{'-' if value.nanoseconds < 0 else ''}{minutes // 60:02}:{minutes % 60:02}:{seconds:02}"
+        parts.append(clock + (f".{nanoseconds // 1000:06}" if nanoseconds else ""))
+    return " ".join(parts)
+
+
+def _sql_error(err: Exception) -> SqlError:
+    """DuckDB's multi-line message as one line, and what kind of refusal it is."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = lines[0] if lines else type(err).__name__
+    detail = next(
+        (line for line in lines[1:] if line.startswith(("LINE ", "Candidate bindings", "Did you"))),
+        None,
+    )
+    missing = None
+    if "read-only mode" in first:
+        kind = "read_only"
+        statement = first.partition('statement of type "')[2].partition('"')[0] or "write"
+        first = f"cannot {statement.lower()}: the database is opened read-only for analysis"
+        detail = None
+    elif first.startswith("Parser Error"):
+        kind = "syntax"
+    elif first.startswith("Catalog Error"):
+        kind = "catalog"
+        if "Table with name " in first and " does not exist" in first:
+            missing = first.split("Table with name ", 1)[1].split(" does not exist", 1)[0]
+            missing = missing.strip('"')
+            # DuckDB suggests from its whole catalog (`pg_enum` for a typo); the caller
+            # suggests from the user's own tables instead.
+            detail = None
+    elif first.startswith("Binder Error"):
+        kind = "binder"
+    else:
+        kind = "other"
+    if detail and len(detail) > 100:
+        detail = detail[:99] + "…"
+    return SqlError(first if detail is None else f"{first} ({detail})", kind, missing)

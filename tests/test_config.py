@@ -21,7 +21,7 @@ def toml_value(value: Any) -> str:
     """A Python value as a TOML value (JSON strings are valid TOML basic strings)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
+    if isinstance(value, int | float):
         return str(value)
     if isinstance(value, str):
         return json.dumps(value)
@@ -39,6 +39,7 @@ def lookup(cfg: Config, dotted: str) -> Any:
 
 # Non-default values for the string keys that are checked (formats, time zones, ...).
 CONSTRAINED = {
+    "input.max_quarantined_share": 0.05,
     "input.format": "csv",
     "input.timezone": "Europe/Amsterdam",
     "input.ts_unit": "ms",

@@ -21,6 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
+from support import without_limit
 
 from pipeline import cli, ingest, store
 from pipeline.config import ColumnMapping, Config, InputConfig
@@ -106,7 +107,7 @@ def load(
     assert n_read == events.height + quarantine.height, "read != accepted + quarantined"
 
     db = path.parent / "db" / f"{path.name}.duckdb"
-    summary = cli.run_pipeline([path], db, cfg, fmt=fmt, now=ingested_at)
+    summary = cli.run_pipeline([path], db, without_limit(cfg), fmt=fmt, now=ingested_at)
     (counts,) = summary.files
     assert counts.n_read == counts.n_accepted + counts.n_duplicates + counts.n_quarantined
     assert (counts.n_read, counts.n_quarantined) == (n_read, quarantine.height)
@@ -1277,7 +1278,7 @@ def test_run_detects_the_format_of_each_file(tmp_path):
         gzip.compress(lines(CSV_HEADER, "a1,2024-10-10T10:00:00Z,x,/c").encode()),
     )
     write(inputs, "d.log", lines(COMMON_LINE))
-    summary = cli.run_pipeline([inputs], tmp_path / "db.duckdb", Config(), now=NOW)
+    summary = cli.run_pipeline([inputs], tmp_path / "db.duckdb", without_limit(Config()), now=NOW)
     assert_accounted(summary)
     assert [(Path(f.source).name, f.format, f.n_read, f.n_accepted) for f in summary.files] == [
         ("a.log", "combined", 1, 1),
@@ -1296,7 +1297,7 @@ def test_exact_duplicates_are_counted_not_stored_twice(tmp_path):
     path = write(tmp_path, "access.log", lines(clf(), clf(), clf(request="GET /b HTTP/1.1")))
     loaded = load(path, "combined")
     assert (loaded.file.n_accepted, loaded.file.n_duplicates) == (2, 1)
-    summary = cli.run_pipeline([path], loaded.db, Config(), now=NOW)
+    summary = cli.run_pipeline([path], loaded.db, without_limit(Config()), now=NOW)
     assert_accounted(summary)
     (again,) = summary.files
     assert (again.n_read, again.n_accepted, again.n_duplicates) == (3, 0, 3)
@@ -1386,7 +1387,7 @@ def test_anonymous_id_is_stable_within_a_database_and_salted_per_database(tmp_pa
     )
     db, other_db = tmp_path / "a.duckdb", tmp_path / "b.duckdb"
     for inputs, database in ((first, db), (second, db), (first, other_db)):
-        assert_accounted(cli.run_pipeline([inputs], database, Config(), now=NOW))
+        assert_accounted(cli.run_pipeline([inputs], database, without_limit(Config()), now=NOW))
     ids, other_ids = _anonymous_ids(db), _anonymous_ids(other_db)
     assert ids["/day1"] == ids["/day2"]
     assert ids["/day1"] != ids["/other-ua"]
@@ -1402,7 +1403,9 @@ def test_a_file_of_unknown_format_is_quarantined_not_fatal(tmp_path):
     )
     odd = tmp_path / "notes.bin"
     odd.write_bytes(b"\x00\x01 binary junk \xff\n more junk\n")
-    summary = cli.run_pipeline([tmp_path], tmp_path / "out" / "db.duckdb", Config(), now=NOW)
+    summary = cli.run_pipeline(
+        [tmp_path], tmp_path / "out" / "db.duckdb", without_limit(Config()), now=NOW
+    )
     by_source = {Path(f.source).name: f for f in summary.files}
     assert by_source["notes.bin"].n_read == 1
     assert by_source["notes.bin"].n_quarantined == 1

@@ -25,6 +25,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
+from support import without_limit
 
 from pipeline import cli, store
 from pipeline.config import Config
@@ -134,7 +135,7 @@ def run(
     path = directory / name
     path.write_bytes(b"".join(line + b"\n" for line in lines))
     db = db or directory / f"{name}.duckdb"
-    summary = cli.run_pipeline([path], db, Config(), now=NOW)
+    summary = cli.run_pipeline([path], db, without_limit(Config()), now=NOW)
     (counts,) = summary.files
     return counts, db
 
