@@ -176,6 +176,7 @@ def _load(con, paths, cfg, fmt, summary, progress, ingested_at) -> None:
     nulled: Counter[str] = Counter()
     read_s = load_s = 0.0
     store.begin_load(con)
+    progress.update("ingest", 0, total_bytes, 0)
     for path in paths:
         file_fmt = fmt if fmt != "auto" else ingest.detect_format(path)
         stats = {
@@ -378,6 +379,25 @@ class _RichProgress:
         )
 
 
+class _JsonLog:
+    """One JSON object per line on stderr, for log collectors (`--log-format json`)."""
+
+    def __init__(self, stream=None):
+        self._stream = stream or sys.stderr
+        self._stage: str | None = None
+
+    def update(self, stage: str, done: int, total: int, rows: int) -> None:
+        if stage != self._stage:
+            self._stage = stage
+            self.event("stage_started", stage=stage, rows_read=rows)
+
+    def event(self, name: str, level: str = "info", **fields) -> None:
+        record = {"ts": datetime.now(UTC).isoformat(timespec="milliseconds"), "level": level}
+        record.update(event=name, **fields)
+        self._stream.write(json.dumps(record, default=str) + "\n")
+        self._stream.flush()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="journeymap")
 def cli() -> None:
@@ -393,9 +413,9 @@ def cli() -> None:
     "--input",
     "inputs",
     multiple=True,
-    required=True,
     type=click.Path(path_type=Path),
-    help="A log file or a directory of them (plain or .gz). Repeat for several.",
+    help="A log file or a directory of them (plain or .gz). Repeat for several. "
+    "Optional with --full-refresh.",
 )
 @click.option(
     "--db",
@@ -418,30 +438,106 @@ def cli() -> None:
     help="Input format for every file; default: input.format from the config (auto-detect).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary; errors only.")
+@click.option(
+    "--full-refresh",
+    is_flag=True,
+    help="Rebuild every session and mart from all stored events, not just what changed.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line on stderr (stages, files, summary, errors).",
+)
 def run(
-    inputs: tuple[Path, ...], db: Path, config_path: Path | None, fmt: str | None, quiet: bool
+    inputs: tuple[Path, ...],
+    db: Path,
+    config_path: Path | None,
+    fmt: str | None,
+    quiet: bool,
+    full_refresh: bool,
+    log_format: str,
 ) -> None:
-    """Ingest INPUT files into --db, sessionise them and refresh the marts."""
+    """Load INPUT files into --db and refresh the marts for what changed (see `status`)."""
+    if not inputs and not full_refresh:
+        raise UsageError(
+            "missing option --input: give a log file or a directory of them, or --full-refresh "
+            "to rebuild the marts from the stored events (see `journeymap run --help`)"
+        )
+    if log_format == "json":
+        _run_with_json_log(list(inputs), db, config_path, fmt, full_refresh)
+        return
     cfg = load_config(config_path)
-    if fmt is not None and fmt not in FORMAT_CHOICES:
-        raise UsageError(f"unknown --format {fmt!r}: use one of {', '.join(FORMAT_CHOICES)}")
+    _check_format(fmt)
     err_console = Console(stderr=True)
     started = time.perf_counter()
     if quiet or not err_console.is_terminal:
-        summary = run_pipeline(list(inputs), db, cfg, fmt)
+        summary = run_pipeline(list(inputs), db, cfg, fmt, full_refresh=full_refresh)
     else:
         with _RichProgress(err_console) as progress:
-            summary = run_pipeline(list(inputs), db, cfg, fmt, progress)
+            summary = run_pipeline(list(inputs), db, cfg, fmt, progress, full_refresh=full_refresh)
     if not quiet:
-        _print_summary(summary, db, time.perf_counter() - started)
+        _print_summary(summary, db, time.perf_counter() - started, cfg)
 
 
-def _print_summary(s: RunSummary, db: Path, seconds: float) -> None:
+def _check_format(fmt: str | None) -> None:
+    if fmt is not None and fmt not in FORMAT_CHOICES:
+        raise UsageError(f"unknown --format {fmt!r}: use one of {', '.join(FORMAT_CHOICES)}")
+
+
+def _run_with_json_log(inputs, db, config_path, fmt, full_refresh) -> None:
+    """`run` for log collectors: every outcome, errors included, is a JSON line on stderr;
+    the exit code is the same as in text mode."""
+    log = _JsonLog()
+    started = time.perf_counter()
+    try:
+        cfg = load_config(config_path)
+        _check_format(fmt)
+        summary = run_pipeline(inputs, db, cfg, fmt, log, full_refresh=full_refresh)
+    except JourneymapError as err:
+        log.event("run_failed", level="error", exit_code=err.exit_code, message=str(err))
+        raise click.exceptions.Exit(err.exit_code) from err
+    except Exception as err:  # noqa: BLE001 - reported as a log line, like main() does
+        first_line = next(iter(str(err).splitlines()), "")
+        log.event(
+            "run_failed",
+            level="error",
+            exit_code=EXIT_INTERNAL,
+            message=f"internal error: {type(err).__name__}: {first_line}",
+        )
+        raise click.exceptions.Exit(EXIT_INTERNAL) from err
+    log.event(
+        "run_finished",
+        run_id=summary.run_id,
+        db=str(db),
+        mode=summary.mode,
+        refresh_reason=summary.refresh_reason,
+        n_read=summary.n_read,
+        n_accepted=summary.n_accepted,
+        n_duplicates=summary.n_duplicates,
+        n_quarantined=summary.n_quarantined,
+        quarantined_by_reason=summary.quarantined_by_reason,
+        n_late_events=summary.n_late_events,
+        n_persons_refreshed=summary.n_persons_refreshed,
+        n_sessions=summary.n_sessions,
+        n_bot_sessions=summary.n_bot_sessions,
+        n_converted_sessions=summary.n_converted_sessions,
+        stage_seconds={k: round(v, 3) for k, v in summary.stage_seconds.items()},
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def _print_summary(s: RunSummary, db: Path, seconds: float, cfg: Config) -> None:
     console = Console(highlight=False)
     console.print(f"journeymap run {s.run_id} into {db}")
     table = Table(show_header=False)
     table.add_column("what")
     table.add_column("count", justify="right")
+    if s.mode == "full":
+        table.add_row("refresh", f"full ({s.refresh_reason})")
+    else:
+        table.add_row("refresh", f"incremental: {s.n_persons_refreshed:,} persons recomputed")
     table.add_row("rows read", f"{s.n_read:,}")
     table.add_row("accepted", f"{s.n_accepted:,}")
     table.add_row("duplicates", f"{s.n_duplicates:,}")
@@ -457,6 +553,12 @@ def _print_summary(s: RunSummary, db: Path, seconds: float) -> None:
     table.add_row("files", f"{len(s.files):,}")
     table.add_row("seconds", f"{seconds:.1f}")
     console.print(table)
+    if s.n_late_events:
+        console.print(
+            f"{s.n_late_events:,} events were more than sessions.late_days = "
+            f"{cfg.sessions.late_days} days older than the newest stored event: they are in "
+            "their sessions now, and figures of past days have changed."
+        )
     if s.n_quarantined:
         console.print(
             "Rejected rows are kept as read (IPs masked) in raw.quarantine; "
@@ -753,6 +855,72 @@ def graph_export(db: Path, out: Path) -> None:
     except OSError as err:
         raise UsageError(f"cannot write --out {out}: {err.strerror}") from err
     click.echo(f"wrote {out}: {digraph.number_of_nodes()} nodes, {digraph.number_of_edges()} edges")
+
+
+@cli.command(name="status")
+@_DB
+@click.option(
+    "--runs",
+    "n_runs",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many of the latest runs to list.",
+)
+@_OUTPUT
+def status_command(db: Path, n_runs: int, fmt: str) -> None:
+    """What --db holds and how its latest runs went (status, counts, seconds, errors)."""
+    writer = store.running_writer(db)
+    con = store.connect(db, read_only=True)
+    try:
+        if not store.has_table(con, "raw.runs"):
+            raise UsageError(
+                f"{db} is not a journeymap database: run `journeymap run --db {db} --input ...`"
+            )
+        overview = store.database_overview(con)
+        runs = store.run_history(con, n_runs)
+    finally:
+        con.close()
+    overview["run_in_progress"] = writer
+    if fmt == "json":
+        click.echo(json.dumps({**overview, "runs": runs.to_dicts()}, default=str))
+        return
+    if fmt == "csv":
+        click.echo(runs.write_csv(), nl=False)
+        return
+    console = _wide_console()
+    console.print(f"[bold]{db}[/bold]", highlight=False)
+    facts = Table(show_header=False, box=None)
+    facts.add_column("what")
+    facts.add_column("value")
+    facts.add_row("run in progress", writer or "no")
+    facts.add_row("events stored", f"{overview['n_events']:,}")
+    facts.add_row("events from", f"{overview['first_event_at']} to {overview['last_event_at']}")
+    facts.add_row("sessions", f"{overview['n_sessions']:,} ({overview['n_bot_sessions']:,} bots)")
+    facts.add_row("quarantined rows", f"{overview['n_quarantined']:,}")
+    console.print(facts)
+    _emit(
+        runs.with_columns(
+            pl.col("started_at").dt.strftime("%Y-%m-%d %H:%M:%S"),
+            pl.col("error").str.slice(0, 120),
+        ),
+        "table",
+        f"Latest {runs.height} runs (newest first)",
+        {
+            "run_id": "run",
+            "started_at": "started (UTC)",
+            "seconds": "seconds",
+            "status": "status",
+            "mode": "refresh",
+            "n_read": "read",
+            "n_accepted": "accepted",
+            "n_duplicates": "dupl.",
+            "n_quarantined": "quar.",
+            "n_late_events": "late",
+            "n_persons_refreshed": "persons recomputed",
+            "error": "error",
+        },
+    )
 
 
 @cli.command(name="report")
@@ -1105,8 +1273,9 @@ def _echo_error(text: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, never a traceback for a user's mistake."""
     try:
-        cli.main(args=argv, prog_name="journeymap", standalone_mode=False)
-        return 0
+        # Without standalone mode click returns the code of a `click.exceptions.Exit`.
+        code = cli.main(args=argv, prog_name="journeymap", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:

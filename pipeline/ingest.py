@@ -55,7 +55,7 @@ _IPV4_RE = r"\b\d{1,3}(?:\.\d{1,3}){3}\b"
 UNKNOWN_FORMAT = "unknown"
 # Files in an input directory that are never logs: configs, notes, and databases (people keep
 # the journeymap database next to the logs it was built from).
-NOT_INPUT_SUFFIXES = (".toml", ".md", ".duckdb", ".wal")
+NOT_INPUT_SUFFIXES = (".toml", ".md", ".duckdb", ".wal", ".lock")
 LINE_FORMATS = ("combined", "common", "ndjson", "csv")
 ALL_FORMATS = (*LINE_FORMATS, "parquet")
 

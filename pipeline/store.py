@@ -656,6 +656,48 @@ def record_run(
         )
 
 
+def run_history(con: duckdb.DuckDBPyConnection, limit: int) -> pl.DataFrame:
+    """The latest `limit` runs, newest first (columns added later are null for old runs)."""
+    runs = query(con, "select * from raw.runs order by run_id desc limit ?", [limit])
+    missing = [c for c in RUNS_ADDED_COLUMNS if c not in runs.columns]
+    runs = runs.with_columns(pl.lit(None).alias(c) for c in missing)
+    return runs.select(
+        "run_id",
+        "started_at",
+        "ended_at",
+        seconds=((pl.col("ended_at") - pl.col("started_at")).dt.total_milliseconds() / 1000),
+        status="status",
+        mode="mode",
+        version="version",
+        n_read="n_read",
+        n_accepted="n_accepted",
+        n_duplicates="n_duplicates",
+        n_quarantined="n_quarantined",
+        n_late_events="n_late_events",
+        n_persons_refreshed="n_persons_refreshed",
+        n_sessions="n_sessions",
+        stage_seconds="stage_seconds",
+        inputs="inputs",
+        error="error",
+    )
+
+
+def database_overview(con: duckdb.DuckDBPyConnection) -> dict:
+    """What the database holds: events and their time span, sessions, quarantined rows."""
+    return query(
+        con,
+        """
+        select
+            (select count(*) from raw.events) as n_events,
+            (select min(ts) from raw.events) as first_event_at,
+            (select max(ts) from raw.events) as last_event_at,
+            (select count(*) from marts.sessions) as n_sessions,
+            (select count(*) from marts.sessions where is_bot) as n_bot_sessions,
+            (select count(*) from raw.quarantine) as n_quarantined,
+        """,
+    ).to_dicts()[0]
+
+
 def commit(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("commit")
 
