@@ -19,10 +19,12 @@ demo: $(STAMP)
 	@mkdir -p data/out
 	@rm -f $(DB) $(DB).wal
 	$(BIN)/journeymap run --input data/sample --config data/sample/journeymap.toml --db $(DB)
+	$(BIN)/journeymap status --db $(DB) --runs 3
 	$(BIN)/journeymap blockers --db $(DB) --top 5
 	$(BIN)/journeymap report --db $(DB) --config data/sample/journeymap.toml --out data/out/report.html
 	@echo "database: $(DB)"
 	@echo "report:   data/out/report.html (open it in a browser)"
+	@echo "query:    $(BIN)/journeymap sql --db $(DB)   (read-only prompt; try .tables)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -905,7 +905,7 @@ def status_command(db: Path, n_runs: int, fmt: str) -> None:
             pl.col("error").str.slice(0, 120),
         ),
         "table",
-        f"Latest {runs.height} runs (newest first)",
+        "Latest runs (newest first)",
         {
             "run_id": "run",
             "started_at": "started (UTC)",

@@ -6,6 +6,8 @@ Counts in the expected summaries are worked out by hand from the log lines below
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 import click
@@ -232,6 +234,158 @@ def test_an_internal_error_is_one_line_and_leaves_the_database_unchanged(
         con.close()
     assert (n_events, n_sessions) == (5, 2)
     assert runs == [(1, "ok"), (2, "failed")]
+
+
+def _bad_log(tmp_path, n_good: int, n_bad: int):
+    path = tmp_path / f"mixed-{n_good}-{n_bad}.log"
+    good = [_line("4.4.4.4", f"07/Mar/2024:10:{i:02d}:00", f"/p/{i}") for i in range(n_good)]
+    path.write_text("\n".join(good + ["garbage"] * n_bad) + "\n", encoding="utf-8")
+    return path
+
+
+def test_too_much_quarantine_exits_5_and_keeps_the_rejects_not_the_events(
+    access_log, tmp_path, capsys
+):
+    """6 of 8 rows bad (75 % > the default 50 %): exit 5 with one line naming the share, the
+    limit and the top reason; the run's 2 good events are not loaded, its 6 rejects are kept,
+    the run is recorded as rejected, and the earlier run's data is untouched."""
+    db = tmp_path / "j.db"
+    assert run_main(capsys, "run", "--quiet", "--input", access_log, "--db", db)[0] == 0
+    code, _, err = run_main(capsys, "run", "--input", _bad_log(tmp_path, 2, 6), "--db", db)
+    assert code == 5
+    line = assert_one_line_error(err)
+    assert "75.0% of 8 rows" in line
+    assert "malformed_line 6" in line
+    assert "input.max_quarantined_share = 0.5" in line
+    con = store.connect(db, read_only=True)
+    try:
+        n_events = store.query(con, "select count(*) from raw.events").item()
+        rejects = store.query(
+            con, "select run_id, count(*) from raw.quarantine group by 1 order by 1"
+        )
+        runs = store.query(
+            con, "select status, n_read, n_quarantined from raw.runs order by run_id"
+        )
+    finally:
+        con.close()
+    assert n_events == 5
+    assert rejects.rows() == [(1, 1), (2, 6)]
+    assert runs.rows() == [("ok", 7, 1), ("rejected", 8, 6)]
+
+
+def test_the_quarantine_limit_is_configurable(tmp_path, capsys):
+    """The same 75 %-bad file passes with input.max_quarantined_share = 0.8."""
+    config = tmp_path / "journeymap.toml"
+    config.write_text("[input]\nmax_quarantined_share = 0.8\n", encoding="utf-8")
+    code, out, err = run_main(
+        capsys,
+        "run",
+        "--input",
+        _bad_log(tmp_path, 2, 6),
+        "--db",
+        tmp_path / "j.db",
+        "--config",
+        config,
+    )
+    assert code == 0, err
+    assert count_in(out, "accepted") == 2
+
+
+def test_json_log_lines_describe_the_run(access_log, tmp_path, capsys):
+    """--log-format json: stdout stays empty; every stderr line is a JSON object; the stages
+    come in order and run_finished carries the summary's counts."""
+    code, out, err = run_main(
+        capsys, "run", "--input", access_log, "--db", tmp_path / "j.db", "--log-format", "json"
+    )
+    assert code == 0
+    assert out == ""
+    records = [json.loads(line) for line in err.splitlines()]
+    assert all(r["level"] == "info" and "ts" in r for r in records)
+    stages = [r["stage"] for r in records if r["event"] == "stage_started"]
+    assert stages == ["ingest", "sessionise", "journeys", "store", "publish"]
+    finished = records[-1]
+    assert finished["event"] == "run_finished"
+    assert (finished["n_read"], finished["n_accepted"], finished["n_duplicates"]) == (7, 5, 1)
+    assert (finished["n_quarantined"], finished["mode"]) == (1, "full")
+    assert finished["quarantined_by_reason"] == {"malformed_line": 1}
+
+
+def test_json_log_reports_failures_with_their_exit_code(tmp_path, capsys):
+    """A usage error under --log-format json is one JSON error line, and the exit code stays."""
+    code, out, err = run_main(
+        capsys,
+        "run",
+        "--input",
+        tmp_path / "missing.log",
+        "--db",
+        tmp_path / "j.db",
+        "--log-format",
+        "json",
+    )
+    assert code == 2
+    assert out == ""
+    (record,) = [json.loads(line) for line in err.splitlines()]
+    assert (record["event"], record["level"], record["exit_code"]) == ("run_failed", "error", 2)
+    assert "missing.log does not exist" in record["message"]
+
+
+def test_full_refresh_needs_no_input_but_a_plain_run_does(access_log, tmp_path, capsys):
+    """`run --full-refresh` without --input rebuilds from stored events; `run` alone is a
+    usage error naming --input and the alternative."""
+    db = tmp_path / "j.db"
+    assert run_main(capsys, "run", "--quiet", "--input", access_log, "--db", db)[0] == 0
+    code, out, err = run_main(capsys, "run", "--db", db, "--full-refresh")
+    assert code == 0, err
+    assert "full (--full-refresh)" in out
+    assert count_in(out, "sessions (human)") == 1
+
+
+# ----------------------------------------------------------------------------------- status
+
+
+def test_status_lists_the_latest_runs_newest_first(access_log, tmp_path, capsys):
+    """Three runs (ok full, ok incremental, rejected): JSON lists them newest first with the
+    counts raw.runs holds; the table names each status."""
+    db = tmp_path / "j.db"
+    run_main(capsys, "run", "--quiet", "--input", access_log, "--db", db)
+    run_main(capsys, "run", "--quiet", "--input", access_log, "--db", db)
+    run_main(capsys, "run", "--quiet", "--input", _bad_log(tmp_path, 1, 3), "--db", db)
+    code, out, _ = run_main(capsys, "status", "--db", db, "--format", "json")
+    assert code == 0
+    status = json.loads(out)
+    assert (status["n_events"], status["n_sessions"], status["n_quarantined"]) == (5, 2, 4)
+    assert status["run_in_progress"] is None
+    runs = [(r["run_id"], r["status"], r["mode"], r["n_accepted"]) for r in status["runs"]]
+    assert runs == [(3, "rejected", None, 1), (2, "ok", "incremental", 0), (1, "ok", "full", 5)]
+    assert "75.0%" in status["runs"][0]["error"]
+
+    code, out, _ = run_main(capsys, "status", "--db", db, "--runs", "2")
+    assert code == 0
+    assert "rejected" in out and "incremental" in out
+    assert "full" not in out.split("Latest")[1], "--runs 2 must leave out the first run"
+
+
+def test_status_shows_a_run_in_progress(access_log, tmp_path, capsys):
+    """While a run holds the lock, status says so (with the holder's pid) and still reads
+    the published database."""
+    db = tmp_path / "j.db"
+    run_main(capsys, "run", "--quiet", "--input", access_log, "--db", db)
+    workspace = store.open_workspace(db)
+    try:
+        code, out, _ = run_main(capsys, "status", "--db", db, "--format", "json")
+    finally:
+        store.release_workspace(workspace)
+    assert code == 0
+    assert json.loads(out)["run_in_progress"].startswith(f"pid {os.getpid()} since ")
+    code, out, _ = run_main(capsys, "status", "--db", db, "--format", "json")
+    assert json.loads(out)["run_in_progress"] is None
+
+
+def test_status_of_a_missing_database_is_a_store_error(tmp_path, capsys):
+    """status on a path with no database: exit 3, one line saying it does not exist."""
+    code, _, err = run_main(capsys, "status", "--db", tmp_path / "nope.duckdb")
+    assert code == 3
+    assert "does not exist" in assert_one_line_error(err)
 
 
 # ----------------------------------------------------------------------------- store errors

@@ -248,9 +248,9 @@ def two_days(days, tmp_path_factory) -> tuple[Path, dict[str, pl.DataFrame], int
     return after_one, snapshot(after_two), last_run(after_one)["run_id"]
 
 
-def kill_run_at(db: Path, day: Path, point: str) -> subprocess.Popen:
+def kill_run_at(db: Path, day: Path, point: str, *, may_finish: bool = False) -> None:
     """Start `journeymap run` and SIGKILL it as soon as its JSON log reaches `point` (an
-    event name or a stage name)."""
+    event name or a stage name); with `may_finish` the run may complete before the kill."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--input", str(day), "--db", str(db)]
         + ["--log-format", "json"],
@@ -267,13 +267,14 @@ def kill_run_at(db: Path, day: Path, point: str) -> subprocess.Popen:
             break
     proc.wait(timeout=60)
     proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before {point}: {seen}"
-    return proc
+    expected = (-signal.SIGKILL, 0) if may_finish else (-signal.SIGKILL,)
+    assert proc.returncode in expected, f"the run ended before {point}: {seen}"
 
 
-# batch_loaded: inside the load transaction; sessionise/journeys: while marts are rewritten
-# in the work file; store: while views are created and counts taken.
-@pytest.mark.parametrize("point", ["batch_loaded", "sessionise", "journeys", "store"])
+# batch_loaded: inside the load transaction; sessionise: while persons are re-sessionised;
+# journeys: while the marts are rewritten in the work file. Each stage lasts far longer than
+# the kill takes to land.
+@pytest.mark.parametrize("point", ["batch_loaded", "sessionise", "journeys"])
 def test_a_killed_run_leaves_the_previous_state_and_the_next_run_completes(
     two_days, days, tmp_path, point
 ):
@@ -294,14 +295,18 @@ def test_a_killed_run_leaves_the_previous_state_and_the_next_run_completes(
     assert_same_tables(snapshot(db), expected_after_two)
 
 
-def test_a_run_killed_while_publishing_leaves_one_whole_state(two_days, days, tmp_path):
-    """Killed right at the rename: the database is either day one's or day two's, whole."""
+# store: views and counts, then commit, checkpoint and rename follow within milliseconds, so
+# the kill may land before or after the rename.
+@pytest.mark.parametrize("point", ["store", "publish"])
+def test_a_run_killed_near_the_rename_leaves_one_whole_state(two_days, days, tmp_path, point):
+    """Killed around the rename: the database is either day one's or day two's, whole, and
+    the next run reaches day two's tables."""
     after_one, expected_after_two, _ = two_days
     db = tmp_path / "journeymap.duckdb"
     db.write_bytes(after_one.read_bytes())
     before = snapshot(db)
 
-    kill_run_at(db, days[1], "publish")
+    kill_run_at(db, days[1], point, may_finish=True)
 
     state = snapshot(db)
     try:
@@ -314,7 +319,7 @@ def test_a_run_killed_while_publishing_leaves_one_whole_state(two_days, days, tm
 
 def test_a_second_writer_is_refused_while_a_run_holds_the_lock(two_days, days, tmp_path):
     """Two overlapping runs: the second exits 3 at once, naming the other run; the first
-    completes."""
+    (paused meanwhile) completes."""
     after_one, expected_after_two, _ = two_days
     db = tmp_path / "journeymap.duckdb"
     db.write_bytes(after_one.read_bytes())
@@ -328,7 +333,12 @@ def test_a_second_writer_is_refused_while_a_run_holds_the_lock(two_days, days, t
     for line in first.stderr:
         if json.loads(line).get("event") == "run_started":
             break
-    second = journeymap("run", "--input", days[2], "--db", db)
+    # Frozen while it holds the lock, so the overlap does not depend on timing.
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = journeymap("run", "--input", days[2], "--db", db)
+    finally:
+        first.send_signal(signal.SIGCONT)
     first.stderr.read()
     first.stderr.close()
     assert first.wait(timeout=120) == 0
