@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import secrets
@@ -140,7 +141,7 @@ def open_workspace(db: str | Path) -> Workspace:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC".encode(), 0)
     # Work files of runs that were killed: nobody else can hold them while we hold the lock.
-    for stale in db.parent.glob(f".{db.name}.run-*"):
+    for stale in db.parent.glob(f".{glob.escape(db.name)}.run-*"):
         stale.unlink(missing_ok=True)
     work = db.with_name(f".{db.name}.run-{os.getpid()}")
     try:
