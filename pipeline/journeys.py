@@ -69,14 +69,16 @@ def journey_edges(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.Laz
     Columns: session_id, from_touchpoint, to_touchpoint, seconds (between entering the two
     steps; null for synthetic nodes), plus the session's segment columns and date.
     """
-    steps = journey_steps.select("session_id", "position", "touchpoint", "entered_at")
+    steps = journey_steps.select("session_id", "position", "touchpoint", "entered_at").sort(
+        "session_id", "position"
+    )
     last = steps.group_by("session_id").agg(
         position=pl.col("position").max() + 1, from_entered=pl.col("entered_at").max()
     )
     outcome = sessions.select("session_id", "is_converted")
     inner = steps.with_columns(
-        from_touchpoint=pl.col("touchpoint").shift(1).over("session_id", order_by="position"),
-        from_entered=pl.col("entered_at").shift(1).over("session_id", order_by="position"),
+        from_touchpoint=_previous_in_session("touchpoint"),
+        from_entered=_previous_in_session("entered_at"),
     ).select(
         "session_id",
         "position",
@@ -102,6 +104,14 @@ def journey_edges(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.Laz
     )
     edges = pl.concat([inner, ends])
     return edges.join(session_segments(sessions), on="session_id")
+
+
+def _previous_in_session(column: str, n: int = 1) -> pl.Expr:
+    """`column` n rows earlier (n < 0: later) in a frame sorted by session, null across a
+    session boundary. Plain shifts over one sort: a shift windowed `over` millions of small
+    sessions is many times slower."""
+    same = pl.col("session_id").shift(n) == pl.col("session_id")
+    return pl.when(same).then(pl.col(column).shift(n))
 
 
 def session_segments(sessions: pl.LazyFrame) -> pl.LazyFrame:
@@ -199,32 +209,31 @@ def touchpoint_exit_rates(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -
 def session_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
     """One row per journey: its path, the path with loops folded, length, outcome, time."""
     # Loops folded: each touchpoint kept at its first visit (A > B > A > C becomes A > B > C).
-    folded = (
+    # One sort, then a group-by that keeps each session's rows in that order: sorting inside
+    # every group, or a first-visit flag windowed over sessions, costs several times more.
+    first_visit = pl.struct("session_id", "touchpoint").is_first_distinct()
+    paths = (
         journey_steps.sort("session_id", "position")
-        .filter(pl.col("touchpoint").is_first_distinct().over("session_id"))
-        .group_by("session_id")
-        .agg(path_folded=pl.col("touchpoint").sort_by("position").str.join(PATH_SEPARATOR))
-    )
-    paths = journey_steps.group_by("session_id").agg(
-        path=pl.col("touchpoint").sort_by("position").str.join(PATH_SEPARATOR),
-        n_steps=pl.len().cast(pl.UInt32),
-        first_at=pl.col("entered_at").min(),
-        converted_at=pl.col("entered_at").filter(pl.col("is_conversion")).min(),
-    )
-    return (
-        paths.join(folded, on="session_id")
-        .join(sessions.select("session_id", "is_converted"), on="session_id")
-        .select(
-            "session_id",
-            "path",
-            "path_folded",
-            "n_steps",
-            outcome=pl.when(pl.col("is_converted"))
-            .then(pl.lit("converted"))
-            .otherwise(pl.lit("abandoned")),
-            seconds_to_convert=(pl.col("converted_at") - pl.col("first_at")).dt.total_microseconds()
-            / 1e6,
+        .with_columns(first_visit=first_visit)
+        .group_by("session_id", maintain_order=True)
+        .agg(
+            path=pl.col("touchpoint").str.join(PATH_SEPARATOR),
+            path_folded=pl.col("touchpoint").filter("first_visit").str.join(PATH_SEPARATOR),
+            n_steps=pl.len().cast(pl.UInt32),
+            first_at=pl.col("entered_at").min(),
+            converted_at=pl.col("entered_at").filter(pl.col("is_conversion")).min(),
         )
+    )
+    return paths.join(sessions.select("session_id", "is_converted"), on="session_id").select(
+        "session_id",
+        "path",
+        "path_folded",
+        "n_steps",
+        outcome=pl.when(pl.col("is_converted"))
+        .then(pl.lit("converted"))
+        .otherwise(pl.lit("abandoned")),
+        seconds_to_convert=(pl.col("converted_at") - pl.col("first_at")).dt.total_microseconds()
+        / 1e6,
     )
 
 
@@ -449,8 +458,8 @@ def _loop_blockers(
     ordered = journey_steps.sort("session_id", "position").select("session_id", "touchpoint")
     bounces = (
         ordered.with_columns(
-            nxt=pl.col("touchpoint").shift(-1).over("session_id"),
-            nxt2=pl.col("touchpoint").shift(-2).over("session_id"),
+            nxt=_previous_in_session("touchpoint", -1),
+            nxt2=_previous_in_session("touchpoint", -2),
         )
         .filter(pl.col("nxt2") == pl.col("touchpoint"))
         .with_columns(

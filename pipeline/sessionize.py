@@ -34,9 +34,12 @@ def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.Data
     `events` needs: event_id, ts, anonymous_id, user_id, event_type, url, host, referrer,
     user_agent, status, revenue, utm_source, utm_medium, utm_campaign.
     """
+    # Materialised between stages: stitching and bot flags each join a frame with an
+    # aggregate of itself, and a fused plan computes the shared input once per branch
+    # (measured: 6.6 s fused vs 3.4 s staged on 2M events).
     steps = journey_steps(events, cfg.steps)
-    steps = stitch_identities(steps)
-    steps = flag_bots(steps, cfg.bots)
+    steps = stitch_identities(steps).collect().lazy()
+    steps = flag_bots(steps, cfg.bots).collect().lazy()
     steps = assign_sessions(steps, cfg)
     steps = steps.with_columns(is_conversion=is_conversion(cfg.conversion))
     steps_df = steps.collect()
