@@ -356,6 +356,12 @@ def stage_batch(
                 * exclude (given_event_id),
             from hashed
         ),
+        -- Only stored events in the batch's time span can be duplicates (see
+        -- _duplicate_span): DuckDB skips the row groups of other days by their min/max, so
+        -- a nightly load does not rescan the history.
+        stored_in_span as (
+            select event_id from raw.events where ts between ? and ?
+        ),
         first_seen as (
             select * from keyed
             qualify row_number() over (partition by event_id order by source_line) = 1
@@ -363,14 +369,25 @@ def stage_batch(
         final as (
             select {columns}, ? as run_id, ? as ingested_at
             from first_seen
-            where not exists (select 1 from raw.events as stored where stored.event_id = first_seen.event_id)
+            where not exists (
+                select 1 from stored_in_span as stored where stored.event_id = first_seen.event_id
+            )
         )
         select * from final
         """,
-        [visitor_salt(con), run_id, ingested_at],
+        [visitor_salt(con), *_duplicate_span(events), run_id, ingested_at],
     ).fetchall()[0][0]
     con.unregister("batch_events")
     return n_accepted, events.height - n_accepted
+
+
+def _duplicate_span(events: pl.DataFrame) -> tuple[datetime, datetime]:
+    """The ts range in which stored duplicates of `events` can lie: the batch's own, since a
+    content-hashed event_id includes ts; unbounded when the source gave ids, as a re-sent
+    event may carry a new timestamp."""
+    if events["event_id"].is_not_null().any():
+        return datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC)
+    return events["ts"].min(), events["ts"].max()
 
 
 # Few distinct values, many rows: dictionary-encoded in memory, one copy per distinct value.

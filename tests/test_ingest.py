@@ -1304,6 +1304,31 @@ def test_exact_duplicates_are_counted_not_stored_twice(tmp_path):
     assert query(loaded.db, "select count(*) as n from raw.events")["n"][0] == 2
 
 
+def test_a_duplicate_is_found_in_any_earlier_day(tmp_path):
+    """Content-hashed duplicates share ts, so a run looks for them only in its own time
+    span; an event from an earlier day delivered again is still a duplicate."""
+    day_one = write(tmp_path, "d1.ndjson", lines(event(ts="2024-10-01T09:00:00Z"), event()))
+    day_two = write(tmp_path, "d2.ndjson", lines(event(ts="2024-10-01T09:00:00Z")))
+    db = tmp_path / "db.duckdb"
+    cli.run_pipeline([day_one], db, Config(), now=NOW)
+    (again,) = cli.run_pipeline([day_two], db, Config(), now=NOW).files
+    assert (again.n_accepted, again.n_duplicates) == (0, 1)
+
+
+def test_a_source_id_sent_again_with_another_timestamp_is_a_duplicate(tmp_path):
+    """A source-given event_id is the key whatever its ts: re-sent with a timestamp a day
+    later (outside the first delivery's span), it is still a duplicate."""
+    first = write(tmp_path, "first.ndjson", lines(event(event_id="m-1")))
+    resent = write(
+        tmp_path, "resent.ndjson", lines(event(event_id="m-1", ts="2024-10-11T10:00:00Z"))
+    )
+    db = tmp_path / "db.duckdb"
+    cli.run_pipeline([first], db, Config(), now=NOW)
+    (again,) = cli.run_pipeline([resent], db, Config(), now=NOW).files
+    assert (again.n_accepted, again.n_duplicates) == (0, 1)
+    assert query(db, "select count(*) as n from raw.events")["n"][0] == 1
+
+
 def test_quarantined_rows_are_stored_with_their_run(tmp_path):
     """raw.quarantine holds every rejected row with source, line, reason and run id."""
     path = write(tmp_path, "events.ndjson", lines(event(), "oops", event(url=7)))
