@@ -91,8 +91,10 @@ def run_pipeline(
     """Load `inputs` into `db` and refresh the marts for what changed; publish atomically.
 
     The run works on a private copy of the database (see `store`) and publishes it with one
-    rename, so readers never see half a run and a killed run leaves the previous state. A run
-    that fails publishes only its `raw.runs` record (status `failed`); one that quarantines
+    rename, so readers never see half a run and a killed run leaves the previous state.
+    Within the work file it commits batch by batch and partition by partition: DuckDB would
+    otherwise hold the whole run's uncommitted rows in memory. A run that fails publishes
+    only its `raw.runs` record (status `failed`); one that quarantines
     more than `input.max_quarantined_share` publishes its record and its quarantined rows
     (status `rejected`).
     `progress` receives `update(stage, done_bytes, total_bytes, rows)` and
@@ -105,35 +107,43 @@ def run_pipeline(
     paths = ingest.discover_inputs(inputs)
     started_at = now or datetime.now(UTC)
     ingested_at = started_at.astimezone(UTC).replace(tzinfo=None)
+    t0 = time.perf_counter()
     workspace = store.open_workspace(db)
     try:
-        t0 = time.perf_counter()
+        copy_s = time.perf_counter() - t0
         con = store.connect(workspace.work_path)
         failure = None
         try:
             store.ensure_schema(con)
             summary = RunSummary(store.next_run_id(con))
-            summary.stage_seconds["copy"] = time.perf_counter() - t0
+            summary.stage_seconds["copy"] = copy_s
             progress.event("run_started", run_id=summary.run_id, db=str(db), inputs=len(paths))
             try:
                 _load(con, paths, cfg, fmt, summary, progress, ingested_at)
                 _refresh_marts(con, cfg, summary, progress, full_refresh)
                 _record(con, summary, "ok", started_at, paths)
-                store.commit(con)
             except InputRejectedError as err:
                 # The rejected rows stay for inspection; none of the run's events load.
                 store.drop_run_events(con, summary.run_id)
                 summary.status = "rejected"
                 _record(con, summary, summary.status, started_at, paths, error=err)
-                store.commit(con)
                 failure = err
             except BaseException as err:
-                store.rollback(con)
                 summary.status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-                _record(con, summary, summary.status, started_at, paths, error=err)
                 failure = err
         finally:
             store.close(con)
+        if summary.status in ("failed", "interrupted"):
+            # The work file holds part of the run (it commits batch by batch and partition
+            # by partition, so memory stays bounded): start again from the published state
+            # and publish only the record of the failure.
+            store.reset_workspace(workspace)
+            con = store.connect(workspace.work_path)
+            try:
+                store.ensure_schema(con)
+                _record(con, summary, summary.status, started_at, paths, error=failure)
+            finally:
+                store.close(con)
         t0 = time.perf_counter()
         progress.update("publish", 1, 1, summary.n_read)
         store.publish(workspace)
@@ -168,14 +178,13 @@ def _record(con, summary: RunSummary, status: str, started_at, paths, error=None
 
 
 def _load(con, paths, cfg, fmt, summary, progress, ingested_at) -> None:
-    """Ingest every file batch by batch into raw.events / raw.quarantine (the open transaction)."""
+    """Ingest every file batch by batch into raw.events / raw.quarantine of the work file."""
     total_bytes = sum(p.stat().st_size for p in paths)
     done_bytes = 0
     rows = 0
     reasons: Counter[str] = Counter()
     nulled: Counter[str] = Counter()
     read_s = load_s = 0.0
-    store.begin_load(con)
     progress.update("ingest", 0, total_bytes, 0)
     for path in paths:
         file_fmt = fmt if fmt != "auto" else ingest.detect_format(path)
@@ -260,21 +269,13 @@ def _refresh_marts(con, cfg: Config, summary: RunSummary, progress, full_refresh
     if incremental:
         summary.n_persons_refreshed = store.scope_refresh(con, summary.run_id)
     if not incremental or summary.n_persons_refreshed:
-        sessions, steps = sessionize.sessionize(
-            store.read_events(con, refresh_only=incremental), cfg
-        )
-        if incremental:
-            persons = store.refresh_persons(con)
-            sessions = sessions.filter(pl.col("person_id").is_in(persons.implode()))
-            steps = steps.join(sessions.select("session_id"), on="session_id", how="semi")
-        else:
-            summary.n_persons_refreshed = sessions["person_id"].n_unique()
-        sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
+        n_persons = _sessionise_in_partitions(con, cfg, summary, progress, incremental)
+        if not incremental:
+            summary.n_persons_refreshed = n_persons
         summary.stage_seconds["sessionise"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         progress.update("journeys", 1, 1, summary.n_read)
-        store.replace_sessions(con, sessions, steps, journey_steps, refresh_only=incremental)
         journey_steps, journey_sessions = store.read_journeys(
             con, exclude_bots=cfg.bots.exclude_from_journeys
         )
@@ -291,6 +292,36 @@ def _refresh_marts(con, cfg: Config, summary: RunSummary, progress, full_refresh
     summary.n_persons = counts["n_persons"]
     summary.n_converted_sessions = counts["n_converted_sessions"]
     summary.stage_seconds["store"] = time.perf_counter() - t0
+
+
+def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, incremental):
+    """Replace the sessions in scope, sessionising at most about `sessions.partition_events`
+    events at a time; returns the number of persons sessionised.
+
+    Partitions hold whole device groups, and so whole persons (`sessionize.device_groups`):
+    stitching, bot flags and sessions come out as in one pass, with a fraction of the memory.
+    """
+    n_events = store.count_events_in_scope(con, refresh_only=incremental)
+    n_parts = max(1, -(-n_events // cfg.sessions.partition_events))
+    if n_parts > 1:
+        groups = sessionize.device_groups(store.device_users(con, refresh_only=incremental))
+        store.plan_partitions(con, groups, n_parts, refresh_only=incremental)
+    persons = store.refresh_persons(con).implode() if incremental else None
+    store.delete_sessions(con, refresh_only=incremental)
+    n_persons = 0
+    for part in range(n_parts):
+        progress.event("partition_started", part=part + 1, n_parts=n_parts)
+        events = store.read_events(
+            con, refresh_only=incremental, part=part if n_parts > 1 else None
+        )
+        sessions, steps = sessionize.sessionize(events, cfg)
+        if incremental:
+            # Devices in scope may also belong to persons that need no refresh.
+            sessions = sessions.filter(pl.col("person_id").is_in(persons))
+            steps = steps.join(sessions.select("session_id"), on="session_id", how="semi")
+        n_persons += sessions["person_id"].n_unique()
+        store.insert_sessions(con, *map_journeys(sessions, steps, cfg))
+    return n_persons
 
 
 def map_journeys(

@@ -127,6 +127,9 @@ class SessionConfig:
     # Events older than this many days before the newest stored event are reported as late:
     # they still land in the right sessions, but they change figures already published.
     late_days: int = 3
+    # Sessionise at most about this many events at once. People are never split across
+    # partitions, so the result does not depend on it; lower it to use less memory.
+    partition_events: int = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -440,6 +443,7 @@ def _check_values(cfg: Config) -> None:
         "sessions.max_duration_s": cfg.sessions.max_duration_s,
         "input.max_line_bytes": cfg.input.max_line_bytes,
         "bots.max_steps_per_minute": cfg.bots.max_steps_per_minute,
+        "sessions.partition_events": cfg.sessions.partition_events,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -582,6 +586,7 @@ def marts_fingerprint(cfg: Config) -> str:
     """
     sessions = dataclasses.asdict(cfg.sessions)
     sessions.pop("late_days")  # decides what is reported, not what is computed
+    sessions.pop("partition_events")  # decides how much is computed at once, not what
     shaping = {
         "marts_version": MARTS_VERSION,
         "sessions": sessions,

@@ -80,6 +80,36 @@ def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def device_groups(device_users: pl.DataFrame) -> pl.DataFrame:
+    """Label every device that logged in with the devices it can share a person with.
+
+    A person `u:U` gathers every device with an event of user U, and one device can carry
+    events of several users, so people are linked through devices and user ids. Devices
+    connected that way get one `group` (the smallest user id among them): all events of a
+    person then lie in the devices of one group. Devices that never logged in are absent
+    (each is its own group). Label propagation over the (device, user) pairs: it settles in
+    as many rounds as the longest chain of shared devices, one or two in practice.
+
+    Input: `anonymous_id`, `user_id` (one row per pair, as many as logged-in devices).
+    """
+    pairs = device_users.select("anonymous_id", "user_id").unique()
+    labels = pairs.group_by("anonymous_id").agg(group=pl.col("user_id").min())
+    while True:
+        by_user = (
+            pairs.join(labels, on="anonymous_id")
+            .group_by("user_id")
+            .agg(group=pl.col("group").min())
+        )
+        relabelled = (
+            pairs.join(by_user, on="user_id")
+            .group_by("anonymous_id")
+            .agg(group=pl.col("group").min())
+        )
+        if relabelled.join(labels, on=["anonymous_id", "group"], how="anti").is_empty():
+            return relabelled
+        labels = relabelled
+
+
 def flag_bots(events: pl.LazyFrame, cfg: BotConfig) -> pl.LazyFrame:
     """Add `is_bot`, per anonymous id: a robot user agent or an inhuman step rate."""
     patterns = "|".join(pl.escape_regex(p.lower()) for p in cfg.user_agent_patterns)

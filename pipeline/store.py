@@ -4,8 +4,8 @@ Layers: `raw` (events, quarantine, runs, run_files, settings) → `staging` (vie
 (sessions, session_steps, journey marts, and views from `sql/`).
 
 Readers and the nightly writer never meet in one file. A run takes `<db>.lock`, copies the
-published database to a private work file beside it, writes there in one transaction,
-checkpoints, and renames the work file over the published one (`publish`). A rename is
+published database to a private work file beside it, writes there (committing batch by
+batch, so memory stays bounded), checkpoints, and renames the work file over the published one (`publish`). A rename is
 atomic: a reader that opened the database read-only keeps reading the state it opened, a
 reader that opens it later sees the whole new run, and nobody ever sees half a run. A run
 killed at any point leaves only a stale work file, which the next run deletes.
@@ -143,16 +143,26 @@ def open_workspace(db: str | Path) -> Workspace:
     # Work files of runs that were killed: nobody else can hold them while we hold the lock.
     for stale in db.parent.glob(f".{glob.escape(db.name)}.run-*"):
         stale.unlink(missing_ok=True)
-    work = db.with_name(f".{db.name}.run-{os.getpid()}")
+    workspace = Workspace(db, db.with_name(f".{db.name}.run-{os.getpid()}"), fd)
     try:
-        if db.exists():
-            shutil.copyfile(db, work)
-            if _wal(db).exists():
-                shutil.copyfile(_wal(db), _wal(work))
+        reset_workspace(workspace)
+    except StoreError:
+        release_workspace(workspace)
+        raise
+    return workspace
+
+
+def reset_workspace(ws: Workspace) -> None:
+    """(Re)make the work file as a copy of the published database (none if there is none)."""
+    for leftover in (ws.work_path, _wal(ws.work_path)):
+        leftover.unlink(missing_ok=True)
+    try:
+        if ws.db.exists():
+            shutil.copyfile(ws.db, ws.work_path)
+            if _wal(ws.db).exists():
+                shutil.copyfile(_wal(ws.db), _wal(ws.work_path))
     except OSError as err:
-        release_workspace(Workspace(db, work, fd))
-        raise StoreError(f"cannot copy {db} to its work file: {err.strerror}") from err
-    return Workspace(db, work, fd)
+        raise StoreError(f"cannot copy {ws.db} to its work file: {err.strerror}") from err
 
 
 def publish(ws: Workspace) -> None:
@@ -294,11 +304,6 @@ def next_run_id(con: duckdb.DuckDBPyConnection) -> int:
 # ----------------------------------------------------------------------------- loading
 
 
-def begin_load(con: duckdb.DuckDBPyConnection) -> None:
-    """Start the run's single transaction."""
-    con.execute("begin transaction")
-
-
 def stage_batch(
     con: duckdb.DuckDBPyConnection,
     events: pl.DataFrame,
@@ -309,7 +314,7 @@ def stage_batch(
     """Key one ingested batch, insert its new events and its rejects; (accepted, duplicates).
 
     A duplicate is an event whose `event_id` is already stored (by an earlier run, or by an
-    earlier batch of this one: they share the open transaction) or appears earlier in the
+    earlier batch of this one) or appears earlier in the
     batch. Of identical events the one read first is kept. Inserting batch by batch keeps
     memory bounded by the batch, not by the run.
     """
@@ -469,20 +474,84 @@ def refresh_persons(con: duckdb.DuckDBPyConnection) -> pl.Series:
     return query(con, "select person_id from refresh_persons")["person_id"]
 
 
+def _devices_in_scope(refresh_only: bool) -> str:
+    return (
+        "select anonymous_id from refresh_devices"
+        if refresh_only
+        else "select distinct anonymous_id from raw.events"
+    )
+
+
+def count_events_in_scope(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> int:
+    """Stored events a refresh must sessionise: all, or those of `scope_refresh`'s devices."""
+    if not refresh_only:
+        return _scalar(con, "select count(*) from raw.events")
+    return _scalar(
+        con,
+        "select count(*) from raw.events "
+        "where anonymous_id in (select anonymous_id from refresh_devices)",
+    )
+
+
+def device_users(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> pl.DataFrame:
+    """Distinct (anonymous_id, user_id) pairs of logged-in events in the refresh's scope."""
+    return query(
+        con,
+        f"""
+        select distinct anonymous_id, user_id from raw.events
+        where user_id is not null and anonymous_id in ({_devices_in_scope(refresh_only)})
+        """,
+    )
+
+
+def plan_partitions(
+    con: duckdb.DuckDBPyConnection, groups: pl.DataFrame, n_parts: int, *, refresh_only: bool
+) -> None:
+    """Deal the devices in scope into `n_parts` partitions (temp table `partition_devices`),
+    each device `group` (see `sessionize.device_groups`) whole into one, so that every
+    person's events meet in one partition."""
+    con.register("device_groups", groups.to_arrow())
+    con.execute(
+        f"""
+        create or replace temp table partition_devices as
+        select
+            devices.anonymous_id,
+            hash(coalesce(device_groups."group", devices.anonymous_id)) % ? as part,
+        from ({_devices_in_scope(refresh_only)}) as devices
+        left join device_groups using (anonymous_id)
+        """,
+        [n_parts],
+    )
+    con.unregister("device_groups")
+
+
 def read_events(
-    con: duckdb.DuckDBPyConnection, batch_rows: int = 1_000_000, *, refresh_only: bool = False
+    con: duckdb.DuckDBPyConnection,
+    batch_rows: int = 1_000_000,
+    *,
+    refresh_only: bool = False,
+    part: int | None = None,
 ) -> pl.LazyFrame:
     """Stored events as a Polars frame, streamed from DuckDB in Arrow batches: all of them, or
-    (`refresh_only`) those of the devices `scope_refresh` chose.
+    (`refresh_only`) those of the devices `scope_refresh` chose; with `part`, only the devices
+    `plan_partitions` dealt into that partition.
 
     Low-cardinality text columns become Categorical batch by batch, so the peak memory is
     one batch of plain strings, not the whole table.
     """
     columns = ", ".join(c for c in EVENTS.columns if c not in ("source", "source_line"))
-    where = (
-        " where anonymous_id in (select anonymous_id from refresh_devices)" if refresh_only else ""
+    filters, params = [], []
+    if refresh_only:
+        filters.append("anonymous_id in (select anonymous_id from refresh_devices)")
+    if part is not None:
+        filters.append(
+            "anonymous_id in (select anonymous_id from partition_devices where part = ?)"
+        )
+        params.append(part)
+    where = f" where {' and '.join(filters)}" if filters else ""
+    reader = con.sql(f"select {columns} from raw.events{where}", params=params).to_arrow_reader(
+        batch_rows
     )
-    reader = con.sql(f"select {columns} from raw.events{where}").to_arrow_reader(batch_rows)
     parts = [
         pl.from_arrow(batch).with_columns(
             pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US)
@@ -496,16 +565,9 @@ def read_events(
     return pl.concat(parts, rechunk=False).lazy()
 
 
-def replace_sessions(
-    con: duckdb.DuckDBPyConnection,
-    sessions: pl.DataFrame,
-    session_steps: pl.DataFrame,
-    journey_steps: pl.DataFrame,
-    *,
-    refresh_only: bool,
-) -> None:
-    """Swap in recomputed sessions, their steps and journey steps (inside the run's
-    transaction): for the persons `scope_refresh` chose, or (not `refresh_only`) for all."""
+def delete_sessions(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> None:
+    """Remove the sessions a refresh recomputes, with their steps and journey steps: those of
+    the persons `scope_refresh` chose, or (not `refresh_only`) all."""
     affected = (
         "where session_id in (select session_id from marts.sessions where person_id in "
         "(select person_id from refresh_persons))"
@@ -518,6 +580,15 @@ def replace_sessions(
         "delete from marts.sessions"
         + (" where person_id in (select person_id from refresh_persons)" if refresh_only else "")
     )
+
+
+def insert_sessions(
+    con: duckdb.DuckDBPyConnection,
+    sessions: pl.DataFrame,
+    session_steps: pl.DataFrame,
+    journey_steps: pl.DataFrame,
+) -> None:
+    """Add recomputed sessions, their steps and journey steps."""
     for name, frame in (
         ("sessions", sessions),
         ("session_steps", session_steps),
@@ -574,8 +645,7 @@ JOURNEY_MARTS = (
 
 
 def replace_journey_marts(con: duckdb.DuckDBPyConnection, marts: dict[str, pl.DataFrame]) -> None:
-    """Replace the aggregate journey marts (their shape follows the frames) inside the run's
-    transaction."""
+    """Replace the aggregate journey marts (their shape follows the frames)."""
     for name, frame in marts.items():
         if name not in JOURNEY_MARTS:
             raise ValueError(f"unknown journey mart {name!r}")
@@ -714,16 +784,6 @@ def database_overview(con: duckdb.DuckDBPyConnection) -> dict:
             (select count(*) from raw.quarantine) as n_quarantined,
         """,
     ).to_dicts()[0]
-
-
-def commit(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("commit")
-
-
-def rollback(con: duckdb.DuckDBPyConnection) -> None:
-    # No open transaction means nothing to undo.
-    with contextlib.suppress(duckdb.Error):
-        con.execute("rollback")
 
 
 def has_table(con: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:

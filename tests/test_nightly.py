@@ -195,6 +195,32 @@ def test_late_events_beyond_late_days_are_counted(days, tmp_path):
     assert late == expected > 0
 
 
+def test_partitions_do_not_change_the_result(days, full_run, tmp_path):
+    """With sessions.partition_events = 500 (about 16 partitions), a full run and daily
+    incremental runs both give exactly the one-pass tables: no person is ever split."""
+    config = tmp_path / "journeymap.toml"
+    config.write_text("[sessions]\npartition_events = 500\n", encoding="utf-8")
+    full = tmp_path / "full.duckdb"
+    result = journeymap(
+        "run",
+        *[a for d in days for a in ("--input", d)],
+        "--db",
+        full,
+        "--config",
+        config,
+        "--log-format",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    parts = [json.loads(line) for line in result.stderr.splitlines()]
+    assert max(r["n_parts"] for r in parts if r["event"] == "partition_started") > 10
+    assert_same_tables(snapshot(full), full_run)
+    daily = tmp_path / "daily.duckdb"
+    for day in days:
+        run_day(daily, day, extra=("--config", str(config)))
+    assert_same_tables(snapshot(daily), full_run)
+
+
 def test_rerunning_a_day_changes_nothing(nightly_db, days, tmp_path):
     """Loading day two again: every row is a duplicate, no person is recomputed, no table
     changes."""

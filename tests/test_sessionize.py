@@ -694,3 +694,16 @@ def test_user_agents_are_classified_into_device_os_and_browser():
     classified = sessionize.classify_user_agents(agents)
     assert classified.height == 6  # one row per distinct agent, null included
     assert_frame_equal(classified, expected, check_row_order=False)
+
+
+def test_device_groups_follow_chains_of_shared_logins():
+    """d1 and d2 share user u5, d2 and d3 share u2: one group, labelled with the smallest
+    user id (u2); d4 logged in only as u9: its own group. Devices without logins are absent."""
+    pairs = pl.DataFrame(
+        {
+            "anonymous_id": ["d1", "d2", "d2", "d3", "d4", "d1"],
+            "user_id": ["u5", "u5", "u2", "u2", "u9", "u5"],
+        }
+    )
+    groups = sessionize.device_groups(pairs).sort("anonymous_id")
+    assert groups.rows() == [("d1", "u2"), ("d2", "u2"), ("d3", "u2"), ("d4", "u9")]
