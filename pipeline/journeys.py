@@ -115,14 +115,15 @@ def _previous_in_session(column: str, n: int = 1) -> pl.Expr:
 
 
 def session_segments(sessions: pl.LazyFrame) -> pl.LazyFrame:
-    """The segment columns of each journey session, and its date."""
+    """The segment columns of each journey session (Categorical: a handful of values copied
+    onto millions of edges and steps), and its date."""
+    segments = ["device", "browser", "os", "channel"]
     return sessions.select(
         "session_id",
-        "device",
-        "browser",
-        "os",
-        "channel",
-        device_browser=pl.format("{} / {}", pl.col("device"), pl.col("browser")),
+        *[pl.col(c).cast(pl.Categorical) for c in segments],
+        device_browser=pl.format("{} / {}", pl.col("device"), pl.col("browser")).cast(
+            pl.Categorical
+        ),
         session_date=pl.col("started_at").dt.date(),
     )
 
