@@ -39,11 +39,15 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     )
     # Steps after the first conversion step of a session are the service phase. An unknown
     # flag (the contract allows null) is no conversion; left null it would drop the step.
+    # Counted with running sums over the one sort, reset at each session's first row: the
+    # same sums windowed `over` sessions cost several times more on millions of rows.
     is_conversion = pl.col("is_conversion").fill_null(False).cast(pl.UInt32)
-    converted_before = is_conversion.cum_sum().over("session_id") - is_conversion
+    before_here = is_conversion.cum_sum() - is_conversion
+    at_session_start = pl.when(~same_session.fill_null(False)).then(before_here).forward_fill()
     return (
         ordered.with_columns(
-            group=new_step.cast(pl.UInt32).cum_sum(), converted_before=converted_before
+            group=new_step.cast(pl.UInt32).cum_sum(),
+            converted_before=before_here - at_session_start,
         )
         .filter(pl.col("converted_before") == 0)
         .group_by("group")
@@ -58,7 +62,16 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
             is_conversion=pl.col("is_conversion").any(),
         )
         .sort("group")
-        .with_columns(position=pl.int_range(1, pl.len() + 1, dtype=pl.UInt32).over("session_id"))
+        .with_columns(row=pl.int_range(pl.len(), dtype=pl.Int64))
+        .with_columns(
+            position=(
+                pl.col("row")
+                - pl.when(_previous_in_session("session_id").is_null())
+                .then(pl.col("row"))
+                .forward_fill()
+                + 1
+            ).cast(pl.UInt32)
+        )
         .select(list(JOURNEY_STEPS_SCHEMA))
     )
 
