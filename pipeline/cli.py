@@ -702,14 +702,16 @@ def _wide_console() -> Console:
     return Console(highlight=False, width=None if probe.is_terminal else 160)
 
 
-def _cell(value) -> str:
+def _cell(value) -> Text:
+    # Text, not str: rich reads "[...]" in a plain string as markup, and data (URLs, paths,
+    # segment values) may contain brackets.
     if value is None:
-        return ""
+        return Text("")
     if isinstance(value, float):
-        return f"{value:,.1f}"
+        return Text(f"{value:,.1f}")
     if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+        return Text(f"{value:,}")
+    return Text(str(value))
 
 
 _OUTPUT = click.option(

@@ -11,10 +11,12 @@ import os
 import re
 
 import click
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
 from pipeline import __version__, sessionize, store
+from pipeline import cli as cli_module
 from pipeline.cli import FORMAT_CHOICES, cli, main
 
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:123.0) Gecko/20100101 Firefox/123.0"
@@ -534,3 +536,12 @@ def test_version(capsys):
     code, out, _ = run_main(capsys, "--version")
     assert code == 0
     assert out.strip() == f"journeymap, version {__version__}"
+
+
+def test_tables_print_data_with_brackets_as_written(capsys):
+    """A touchpoint or URL with brackets is data, not rich markup: printed as is, no error."""
+    frame = pl.DataFrame({"path": ["/search?q=[/x]", "[bold]cart[/bold]"], "n": [1, 2]})
+    cli_module._emit(frame, "table", "paths", {"path": "path", "n": "n"})
+    out = capsys.readouterr().out
+    assert "/search?q=[/x]" in out
+    assert "[bold]cart[/bold]" in out
