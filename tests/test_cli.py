@@ -545,3 +545,48 @@ def test_tables_print_data_with_brackets_as_written(capsys):
     out = capsys.readouterr().out
     assert "/search?q=[/x]" in out
     assert "[bold]cart[/bold]" in out
+
+
+def test_a_run_into_a_foreign_database_fails_cleanly(access_log, tmp_path, capsys):
+    """--db holding a view where journeymap keeps its events table: exit 4 with one line
+    naming DuckDB's complaint, the view untouched, the failure recorded, the lock released."""
+    import duckdb
+
+    db = tmp_path / "foreign.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("create schema raw")
+    con.execute("create view raw.events as select 1 as x")
+    con.close()
+    code, _, err = run_main(capsys, "run", "--input", access_log, "--db", db)
+    assert code == 4
+    (line,) = err.strip().splitlines()
+    assert "internal error" in line and "events" in line
+    con = store.connect(db, read_only=True)
+    try:
+        view = store.query(con, "select * from raw.events")
+        runs = store.query(con, "select status from raw.runs")
+    finally:
+        con.close()
+    assert view.rows() == [(1,)]
+    assert runs.rows() == [("failed",)]
+    assert store.running_writer(db) is None
+
+
+def test_a_database_journeymap_cannot_set_up_is_left_as_it_was(access_log, tmp_path, capsys):
+    """raw.runs is someone's view: setting up the schema fails before the run starts. Exit 4
+    with DuckDB's complaint, the file byte for byte as it was, no work file left."""
+    import duckdb
+
+    db = tmp_path / "foreign.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("create schema raw")
+    con.execute("create view raw.runs as select 1 as run_id")
+    con.close()
+    before = db.read_bytes()
+    code, _, err = run_main(capsys, "run", "--input", access_log, "--db", db)
+    assert code == 4
+    (line,) = err.strip().splitlines()
+    assert "internal error" in line and "ALTER VIEW" in line
+    assert db.read_bytes() == before
+    assert store.running_writer(db) is None
+    assert list(tmp_path.glob(".foreign.duckdb.run-*")) == []
