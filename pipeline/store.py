@@ -883,12 +883,20 @@ def run_sql(
     return SqlResult(frame, n_rows)
 
 
+# How SQL spells an object of duckdb_tables()/views()/columns() in this database.
+_QUALIFIED_NAME = """case
+    when database_name = current_database() then schema_name || '.' || object_name
+    when database_name = 'temp' then 'temp.' || object_name
+    else database_name || '.' || schema_name || '.' || object_name
+end"""
+
+
 def list_objects(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """Every table, view and macro a user can query, by `name` as SQL spells it
     (`marts.sessions`, `temp.t` for a temp table) and `kind`, sorted by name."""
     return query(
         con,
-        """
+        f"""
         with objects as (
             select database_name, schema_name, table_name as object_name, 'table' as kind,
             from duckdb_tables()
@@ -908,11 +916,7 @@ def list_objects(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
         ),
         final as (
             select
-                case
-                    when database_name = current_database() then schema_name || '.' || object_name
-                    when database_name = 'temp' then 'temp.' || object_name
-                    else database_name || '.' || schema_name || '.' || object_name
-                end as name,
+                {_QUALIFIED_NAME} as name,
                 kind,
             from objects
             where database_name != 'system'
@@ -928,14 +932,10 @@ def describe_object(con: duckdb.DuckDBPyConnection, name: str) -> pl.DataFrame:
     order; empty when nothing has that name."""
     return query(
         con,
-        """
+        f"""
         with columns as (
             select
-                case
-                    when database_name = current_database() then schema_name || '.' || object_name
-                    when database_name = 'temp' then 'temp.' || object_name
-                    else database_name || '.' || schema_name || '.' || object_name
-                end as name,
+                {_QUALIFIED_NAME} as name,
                 object_name,
                 column_name,
                 data_type,
