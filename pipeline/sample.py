@@ -1916,63 +1916,63 @@ def _garbage(rng: Generator, n: int) -> pl.Series:
     return prefix + token
 
 
-def _malformed_access_lines(rng: Generator, valid: pl.DataFrame) -> pl.Series:
-    """Broken access-log lines, each made from a different valid one (so none repeats)."""
-    kinds = 5
-    src, kind = _pick(rng, len(valid), kinds)
-    line = pl.col("line")
+_LINE = pl.col("line")
+_GARBAGE = pl.col("garbage")
+
+
+def _broken_lines(rng: Generator, valid: pl.DataFrame, variants: list[pl.Expr]) -> pl.Series:
+    """One broken line per picked valid one (so none repeats), spread over `variants`, which
+    rewrite `line` or use `garbage` (text that is no record at all)."""
+    src, kind = _pick(rng, len(valid), len(variants))
     picked = valid[src].with_columns(kind=pl.Series(kind), garbage=_garbage(rng, len(src)))
-    return picked.select(
-        _by_kind(
-            [
-                # cut off mid-request, as when the disk filled up
-                line.str.slice(0, line.str.find(" HTTP/") - 3),
-                pl.col("garbage"),
-                line.str.replace(r"\[\d{2}/[A-Za-z]{3}/\d{4}", "[31/Feb/2026"),
-                line.str.replace('"GET /', f'"GET /{_BAD_UTF8_MARK}', literal=True),
-                line.str.replace('"GET /', '"GET ', literal=True),
-            ]
-        )
-    ).to_series()
+    return picked.select(_by_kind(variants)).to_series()
+
+
+def _malformed_access_lines(rng: Generator, valid: pl.DataFrame) -> pl.Series:
+    """Broken access-log lines."""
+    return _broken_lines(
+        rng,
+        valid,
+        [
+            # cut off mid-request, as when the disk filled up
+            _LINE.str.slice(0, _LINE.str.find(" HTTP/") - 3),
+            _GARBAGE,
+            _LINE.str.replace(r"\[\d{2}/[A-Za-z]{3}/\d{4}", "[31/Feb/2026"),
+            _LINE.str.replace('"GET /', f'"GET /{_BAD_UTF8_MARK}', literal=True),
+            _LINE.str.replace('"GET /', '"GET ', literal=True),
+        ],
+    )
 
 
 def _malformed_ndjson_lines(rng: Generator, valid: pl.DataFrame) -> pl.Series:
-    """Broken NDJSON lines, each made from a different valid one (so none repeats)."""
-    kinds = 5
-    src, kind = _pick(rng, len(valid), kinds)
-    line = pl.col("line")
-    picked = valid[src].with_columns(kind=pl.Series(kind), garbage=_garbage(rng, len(src)))
-    return picked.select(
-        _by_kind(
-            [
-                line.str.slice(0, line.str.len_chars() * 2 // 3),  # invalid JSON
-                pl.col("garbage"),
-                line.str.replace(r'"ts":"\d{4}-\d{2}-\d{2}', '"ts":"2026-02-30'),
-                line.str.replace('"url":"', f'"url":"{_BAD_UTF8_MARK}', literal=True),
-                # a required field with the wrong JSON type
-                line.str.replace(r'"url":"[^"]*"', '"url":123'),
-            ]
-        )
-    ).to_series()
+    """Broken NDJSON lines."""
+    return _broken_lines(
+        rng,
+        valid,
+        [
+            _LINE.str.slice(0, _LINE.str.len_chars() * 2 // 3),  # invalid JSON
+            _GARBAGE,
+            _LINE.str.replace(r'"ts":"\d{4}-\d{2}-\d{2}', '"ts":"2026-02-30'),
+            _LINE.str.replace('"url":"', f'"url":"{_BAD_UTF8_MARK}', literal=True),
+            # a required field with the wrong JSON type
+            _LINE.str.replace(r'"url":"[^"]*"', '"url":123'),
+        ],
+    )
 
 
 def _malformed_csv_lines(rng: Generator, valid: pl.DataFrame) -> pl.Series:
-    """Broken CSV rows, each made from a different valid one (so none repeats)."""
-    kinds = 5
-    src, kind = _pick(rng, len(valid), kinds)
-    line = pl.col("line")
-    picked = valid[src].with_columns(kind=pl.Series(kind), garbage=_garbage(rng, len(src)))
-    return picked.select(
-        _by_kind(
-            [
-                line.str.replace(r",[^,]*$", ""),  # a field short
-                line.str.replace_all('"', "", literal=True) + ",extra",  # unquoted commas: too many
-                pl.col("garbage"),
-                line.str.replace(r"^([^,]*,[^,]*,)\d+", "${1}2026-02-30 10:00:00"),
-                line.str.replace("https://", f"https://{_BAD_UTF8_MARK}", literal=True),
-            ]
-        )
-    ).to_series()
+    """Broken CSV rows."""
+    return _broken_lines(
+        rng,
+        valid,
+        [
+            _LINE.str.replace(r",[^,]*$", ""),  # a field short
+            _LINE.str.replace_all('"', "", literal=True) + ",extra",  # unquoted commas: too many
+            _GARBAGE,
+            _LINE.str.replace(r"^([^,]*,[^,]*,)\d+", "${1}2026-02-30 10:00:00"),
+            _LINE.str.replace("https://", f"https://{_BAD_UTF8_MARK}", literal=True),
+        ],
+    )
 
 
 def _malformed_export_rows(rng: Generator, valid: pl.DataFrame) -> pl.DataFrame:
