@@ -1,7 +1,7 @@
 """Contender: journeymap's core (sessionise → touchpoints → journeys → transitions).
 
-Only pipeline functions, chained as `pipeline.cli.map_journeys` / `journey_marts` chain them,
-with `definitions.core_config()`. Exact duplicates are dropped first (journeymap drops them
+Only pipeline functions: `sessionize`, then `pipeline.cli.map_journeys` as `journeymap run`
+calls it, then the edges and counts of `journey_marts`, with `definitions.core_config()`. Exact duplicates are dropped first (journeymap drops them
 when it loads events into its store, which this job does not use).
 
 Usage: python bench/core_journeymap.py EVENTS.parquet DEFINITIONS.json OUT_DIR
@@ -17,7 +17,8 @@ from pathlib import Path
 import polars as pl
 from definitions import core_config
 
-from pipeline import journeys, sessionize, touchpoints
+from pipeline import journeys, sessionize
+from pipeline.cli import map_journeys
 from pipeline.schemas import EVENTS
 
 # Columns sessionize needs that the core job's input does not have.
@@ -34,14 +35,8 @@ def main(events_path: Path, out: Path) -> None:
     )
 
     sessions, steps = sessionize.sessionize(events, cfg)
-    mapped = touchpoints.assign_touchpoints(
-        steps.lazy(),
-        touchpoints.effective_rules(cfg),
-        conversion_touchpoint=cfg.conversion.touchpoint,
-    ).collect()
+    sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
     journey_sessions = sessions.filter(~pl.col("is_bot"))
-    mapped = mapped.join(journey_sessions.select("session_id"), on="session_id")
-    journey_steps = journeys.collapse_repeats(mapped.lazy()).collect()
     edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy())
     transitions = journeys.count_transitions(edges).collect()
 
