@@ -530,12 +530,8 @@ def _run_with_json_log(inputs, db, config_path, fmt, full_refresh) -> None:
         log.event("run_failed", level="error", exit_code=err.exit_code, message=str(err))
         raise click.exceptions.Exit(err.exit_code) from err
     except Exception as err:  # noqa: BLE001 - reported as a log line, like main() does
-        first_line = next(iter(str(err).splitlines()), "")
         log.event(
-            "run_failed",
-            level="error",
-            exit_code=EXIT_INTERNAL,
-            message=f"internal error: {type(err).__name__}: {first_line}",
+            "run_failed", level="error", exit_code=EXIT_INTERNAL, message=_internal_error(err)
         )
         raise click.exceptions.Exit(EXIT_INTERNAL) from err
     log.event(
@@ -1303,6 +1299,12 @@ def _echo_error(text: str) -> None:
     click.echo(text, err=True)
 
 
+def _internal_error(exc: BaseException) -> str:
+    """A bug in one line: the exception's type and the first line of its message."""
+    first_line = next(iter(str(exc).splitlines()), "")
+    return f"internal error: {type(exc).__name__}: {first_line}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors, never a traceback for a user's mistake."""
     try:
@@ -1329,10 +1331,8 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("journeymap: interrupted; the database is unchanged", err=True)
         return 130
     except Exception as exc:  # noqa: BLE001 - last resort: a bug, reported in one line
-        first_line = next(iter(str(exc).splitlines()), "")
         click.echo(
-            f"journeymap: internal error: {type(exc).__name__}: {first_line} "
-            "(the database is unchanged; please report this)",
+            f"journeymap: {_internal_error(exc)} (the database is unchanged; please report this)",
             err=True,
         )
         return EXIT_INTERNAL
