@@ -50,13 +50,22 @@ def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.Data
 
 
 def journey_steps(events: pl.LazyFrame, cfg: StepConfig) -> pl.LazyFrame:
-    """Keep the events that are journey steps: no static assets, no health checks."""
-    path = pl.col("url").str.replace(r"\?.*$", "").str.to_lowercase()
+    """Keep the events that are journey steps: no static assets, no health checks.
+
+    Judged once per distinct URL, then joined: URLs repeat across millions of events.
+    """
+    path = url_path().str.to_lowercase()
     extensions = "|".join(e.lstrip(".").replace(".", r"\.") for e in cfg.asset_extensions)
     is_asset = path.str.contains(rf"\.({extensions})$") if extensions else pl.lit(False)
     health = [p.lower().rstrip("/") for p in cfg.health_check_paths]
     is_health = path.str.strip_chars_end("/").is_in(health) if health else pl.lit(False)
-    return events.filter(~is_asset & ~is_health)
+    step_urls = events.select(pl.col("url").unique()).filter(~is_asset & ~is_health)
+    return events.join(step_urls, on="url", how="semi")
+
+
+def url_path() -> pl.Expr:
+    """The path of `url`: the query removed (stored URLs carry no fragment)."""
+    return pl.col("url").str.replace(r"\?.*$", "")
 
 
 def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -190,11 +199,7 @@ def is_conversion(cfg: ConversionConfig) -> pl.Expr:
         if cfg.event_types
         else pl.lit(False)
     )
-    by_url = (
-        pl.col("url").str.replace(r"\?.*$", "").str.contains(cfg.url_pattern)
-        if cfg.url_pattern
-        else pl.lit(False)
-    )
+    by_url = url_path().str.contains(cfg.url_pattern) if cfg.url_pattern else pl.lit(False)
     return (by_event | by_url).fill_null(False)
 
 
