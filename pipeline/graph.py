@@ -78,7 +78,8 @@ FLOW_VIOLATIONS_SCHEMA = {
 
 
 def wilson_interval(successes, trials, z: float = Z_95):
-    """Wilson score interval of the proportion `successes / trials`.
+    """Wilson score interval of the proportion `successes / trials` (`wilson_bounds` on
+    plain numbers).
 
     Works on scalars (returns a pair of floats) and on array-likes (returns a pair of numpy
     arrays). With no trials nothing is known, so the interval is (0, 1). The bounds are exact
@@ -108,15 +109,12 @@ def wilson_interval(successes, trials, z: float = Z_95):
     n = np.asarray(trials, dtype=np.float64)
     if np.any(s < 0) or np.any(s > n):
         raise ValueError("wilson_interval needs 0 <= successes <= trials")
-    safe_n = np.where(n > 0, n, 1.0)
-    p = s / safe_n
-    z2n = z * z / safe_n
-    centre = (p + z2n / 2) / (1 + z2n)
-    half = z * np.sqrt(p * (1 - p) / safe_n + z2n / (4 * safe_n)) / (1 + z2n)
-    low = np.where((n <= 0) | (s <= 0), 0.0, np.clip(centre - half, 0.0, 1.0))
-    high = np.where((n <= 0) | (s >= n), 1.0, np.clip(centre + half, 0.0, 1.0))
-    if low.ndim == 0:
-        return float(low), float(high)
+    counts = pl.DataFrame({"s": np.atleast_1d(s), "n": np.atleast_1d(n)})
+    low, high = (
+        counts.select(wilson_bounds(pl.col("s"), pl.col("n"), z)).to_numpy().astype(np.float64).T
+    )
+    if s.ndim == 0 and n.ndim == 0:
+        return float(low[0]), float(high[0])
     return low, high
 
 
