@@ -662,16 +662,23 @@ def sample(
     )
 
 
-def _read_mart(db: Path, sql: str, mart: str, params: list | None = None) -> pl.DataFrame:
+@contextlib.contextmanager
+def _reading(db: Path, required: str):
+    """A read-only connection to a database that has `required` (a table or view)."""
     con = store.connect(db, read_only=True)
     try:
-        if not store.has_table(con, mart):
+        if not store.has_table(con, required):
             raise UsageError(
-                f"{db} has no {mart} yet: run `journeymap run --db {db} --input ...` first"
+                f"{db} has no {required} yet: run `journeymap run --db {db} --input ...` first"
             )
-        return store.query(con, sql, params)
+        yield con
     finally:
         con.close()
+
+
+def _read_mart(db: Path, sql: str, mart: str, params: list | None = None) -> pl.DataFrame:
+    with _reading(db, mart) as con:
+        return store.query(con, sql, params)
 
 
 def _emit(frame: pl.DataFrame, fmt: str, title: str, columns: dict[str, str]) -> None:
@@ -900,16 +907,9 @@ def graph_export(db: Path, out: Path) -> None:
 def status_command(db: Path, n_runs: int, fmt: str) -> None:
     """What --db holds and how its latest runs went (status, counts, seconds, errors)."""
     writer = store.running_writer(db)
-    con = store.connect(db, read_only=True)
-    try:
-        if not store.has_table(con, "raw.runs"):
-            raise UsageError(
-                f"{db} is not a journeymap database: run `journeymap run --db {db} --input ...`"
-            )
+    with _reading(db, "raw.runs") as con:
         overview = store.database_overview(con)
         runs = store.run_history(con, n_runs)
-    finally:
-        con.close()
     overview["run_in_progress"] = writer
     if fmt == "json":
         click.echo(json.dumps({**overview, "runs": runs.to_dicts()}, default=str))
@@ -979,15 +979,8 @@ def report_command(db: Path, out: Path, config_path: Path | None, png_dir: Path 
     from pipeline import report as report_mod
 
     cfg = load_config(config_path)
-    con = store.connect(db, read_only=True)
-    try:
-        if not store.has_table(con, "marts.journey_steps"):
-            raise UsageError(
-                f"{db} has no marts.journey_steps yet: run `journeymap run --db {db} --input ...` first"
-            )
+    with _reading(db, "marts.journey_steps") as con:
         frames = {name: store.query(con, sql) for name, sql in funnels.REPORT_INPUTS.items()}
-    finally:
-        con.close()
     try:
         path = report_mod.render_report(frames, cfg, out, source=str(db))
     except OSError as err:
