@@ -17,7 +17,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
+from support import write_hostile_sessions
 
 from pipeline import cli, funnels, report, store
 from pipeline.config import Config, config_from_dict, load_config
@@ -302,22 +303,17 @@ MART_QUERIES = {
 def plant_payloads(path: Path, start: datetime, n_sessions: int = 120) -> None:
     """Sessions whose URLs and user agent carry XSS payloads, and a rejected line (a JSON
     array: `not_a_json_object`, which the sample never has) whose raw text carries them."""
-    lines = [json.dumps([PAYLOAD_SCRIPT, {"user_agent": PAYLOAD_IMG}])]
-    for i in range(n_sessions):
-        at = start + timedelta(minutes=7 * i)
-        for j, url in enumerate([URL_SCRIPT, URL_IMG, "/cart"]):
-            lines.append(
-                json.dumps(
-                    {
-                        "anonymous_id": f"xss-{i}",
-                        "ts": (at + timedelta(seconds=20 * j)).isoformat(),
-                        "event_type": "page_view",
-                        "url": url,
-                        "user_agent": f"Mozilla/5.0 {PAYLOAD_IMG}",
-                    }
-                )
-            )
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_hostile_sessions(
+        path,
+        start,
+        urls=[URL_SCRIPT, URL_IMG, "/cart"],
+        user_agent=f"Mozilla/5.0 {PAYLOAD_IMG}",
+        rejected=json.dumps([PAYLOAD_SCRIPT, {"user_agent": PAYLOAD_IMG}]),
+        prefix="xss",
+        n_sessions=n_sessions,
+        minutes_apart=7,
+        seconds_per_step=20,
+    )
 
 
 @pytest.fixture(scope="module")

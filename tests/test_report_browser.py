@@ -22,11 +22,12 @@ import struct
 import subprocess
 import sys
 import warnings
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from support import write_hostile_sessions
 
 from pipeline import cli, funnels, report, store
 from pipeline.config import load_config
@@ -114,22 +115,17 @@ def chromium() -> str:
 
 
 def _plant(path: Path, start: datetime) -> None:
-    lines = [json.dumps([MARKER_SCRIPT, {"user_agent": MARKER_IMG}])]  # quarantined
-    for i in range(80):
-        at = start + timedelta(minutes=9 * i)
-        for j, url in enumerate([f"/x/{MARKER_SCRIPT}", f"/y/{MARKER_IMG}", "/cart"]):
-            lines.append(
-                json.dumps(
-                    {
-                        "anonymous_id": f"marker-{i}",
-                        "ts": (at + timedelta(seconds=15 * j)).isoformat(),
-                        "event_type": "page_view",
-                        "url": url,
-                        "user_agent": f"Mozilla/5.0 {MARKER_IMG}",
-                    }
-                )
-            )
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_hostile_sessions(
+        path,
+        start,
+        urls=[f"/x/{MARKER_SCRIPT}", f"/y/{MARKER_IMG}", "/cart"],
+        user_agent=f"Mozilla/5.0 {MARKER_IMG}",
+        rejected=json.dumps([MARKER_SCRIPT, {"user_agent": MARKER_IMG}]),  # quarantined
+        prefix="marker",
+        n_sessions=80,
+        minutes_apart=9,
+        seconds_per_step=15,
+    )
 
 
 @pytest.fixture(scope="module")
