@@ -50,17 +50,13 @@ def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.Data
 
 
 def journey_steps(events: pl.LazyFrame, cfg: StepConfig) -> pl.LazyFrame:
-    """Keep the events that are journey steps: no static assets, no health checks.
-
-    Judged once per distinct URL, then joined: URLs repeat across millions of events.
-    """
+    """Keep the events that are journey steps: no static assets, no health checks."""
     path = url_path().str.to_lowercase()
     extensions = "|".join(e.lstrip(".").replace(".", r"\.") for e in cfg.asset_extensions)
     is_asset = path.str.contains(rf"\.({extensions})$") if extensions else pl.lit(False)
     health = [p.lower().rstrip("/") for p in cfg.health_check_paths]
     is_health = path.str.strip_chars_end("/").is_in(health) if health else pl.lit(False)
-    step_urls = events.select(pl.col("url").unique()).filter(~is_asset & ~is_health)
-    return events.join(step_urls, on="url", how="semi")
+    return events.filter(~is_asset & ~is_health)
 
 
 def url_path() -> pl.Expr:
