@@ -32,37 +32,47 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     n_repeats (extra consecutive visits: a signal of friction), n_errors (steps answered with
     HTTP 5xx), is_conversion.
     """
-    ordered = touchpoint_steps.sort("session_id", "step")
-    same_session = pl.col("session_id") == pl.col("session_id").shift(1)
-    new_step = ~same_session.fill_null(False) | (
-        pl.col("touchpoint") != pl.col("touchpoint").shift(1)
-    )
+    ordered = in_session_order(touchpoint_steps.collect())
+    same_session = (pl.col("session_id") == pl.col("session_id").shift(1)).fill_null(False)
+    new_step = ~same_session | (pl.col("touchpoint") != pl.col("touchpoint").shift(1))
     # Steps after the first conversion step of a session are the service phase. An unknown
     # flag (the contract allows null) is no conversion; left null it would drop the step.
     # Counted with running sums over the one sort, reset at each session's first row: the
     # same sums windowed `over` sessions cost several times more on millions of rows.
     is_conversion = pl.col("is_conversion").fill_null(False).cast(pl.UInt32)
     before_here = is_conversion.cum_sum() - is_conversion
-    at_session_start = pl.when(~same_session.fill_null(False)).then(before_here).forward_fill()
+    at_session_start = pl.when(~same_session).then(before_here).forward_fill()
+    kept = ordered.lazy().filter((before_here - at_session_start) == 0)
+    # Each merged step is the run of rows from its first row to the row before the next
+    # step's first: its totals are differences of running sums, read at both ends. No group-by
+    # gathers the text columns of millions of rows.
+    running = kept.with_columns(
+        is_first=new_step,
+        row=pl.int_range(pl.len(), dtype=pl.Int64),
+        errors=(pl.col("status") >= 500).fill_null(False).cast(pl.UInt32).cum_sum(),
+        conversions=pl.col("is_conversion").fill_null(False).cast(pl.UInt32).cum_sum(),
+    ).collect()
+    firsts = running.filter(pl.col("is_first"))
+    last_row = (firsts["row"].shift(-1) - 1).fill_null(running.height - 1)
+    at_last = running.select("ts", "errors", "conversions")[last_row]
+    before_first = firsts.select(
+        errors=pl.col("errors") - (pl.col("status") >= 500).fill_null(False).cast(pl.UInt32),
+        conversions=pl.col("conversions")
+        - pl.col("is_conversion").fill_null(False).cast(pl.UInt32),
+    )
+    steps = firsts.select(
+        "session_id",
+        "touchpoint",
+        "stage",
+        entered_at="ts",
+        left_at=at_last["ts"],
+        n_repeats=(last_row - firsts["row"]).cast(pl.UInt32),
+        n_errors=(at_last["errors"] - before_first["errors"]).cast(pl.UInt32),
+        is_conversion=at_last["conversions"] > before_first["conversions"],
+        row=pl.int_range(pl.len(), dtype=pl.Int64),
+    )
     return (
-        ordered.with_columns(
-            group=new_step.cast(pl.UInt32).cum_sum(),
-            converted_before=before_here - at_session_start,
-        )
-        .filter(pl.col("converted_before") == 0)
-        .group_by("group")
-        .agg(
-            session_id=pl.col("session_id").first(),
-            touchpoint=pl.col("touchpoint").first(),
-            stage=pl.col("stage").first(),
-            entered_at=pl.col("ts").first(),
-            left_at=pl.col("ts").last(),
-            n_repeats=(pl.len() - 1).cast(pl.UInt32),
-            n_errors=(pl.col("status") >= 500).sum().cast(pl.UInt32),
-            is_conversion=pl.col("is_conversion").any(),
-        )
-        .sort("group")
-        .with_columns(row=pl.int_range(pl.len(), dtype=pl.Int64))
+        steps.lazy()
         .with_columns(
             position=(
                 pl.col("row")
@@ -76,18 +86,29 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def in_session_order(steps: pl.DataFrame, step: str = "step") -> pl.DataFrame:
+    """`steps` (session_id, `step`) with each session's steps together and in step order.
+
+    Sessionised steps already come that way; checking it is a pass over neighbouring rows,
+    sorting millions of rows by their text session ids costs seconds.
+    """
+    same_session = pl.col("session_id") == pl.col("session_id").shift(1)
+    in_order = pl.col(step) == pl.when(same_session).then(pl.col(step).shift(1) + 1).otherwise(1)
+    if steps.select(in_order.fill_null(False).all()).item():
+        return steps
+    return steps.sort("session_id", step)
+
+
 def journey_edges(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
     """Every transition of every journey, START and CONVERSION/EXIT included.
 
     Columns: session_id, from_touchpoint, to_touchpoint, seconds (between entering the two
     steps; null for synthetic nodes), plus the session's segment columns and date.
     """
-    steps = journey_steps.select("session_id", "position", "touchpoint", "entered_at").sort(
-        "session_id", "position"
-    )
-    last = steps.group_by("session_id").agg(
-        position=pl.col("position").max() + 1, from_entered=pl.col("entered_at").max()
-    )
+    steps = in_session_order(
+        journey_steps.select("session_id", "position", "touchpoint", "entered_at").collect(),
+        "position",
+    ).lazy()
     outcome = sessions.select("session_id", "is_converted")
     inner = steps.with_columns(
         from_touchpoint=_previous_in_session("touchpoint"),
@@ -99,16 +120,14 @@ def journey_edges(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.Laz
         to_touchpoint="touchpoint",
         seconds=(pl.col("entered_at") - pl.col("from_entered")).dt.total_microseconds() / 1e6,
     )
-    last_touchpoint = steps.join(
-        last.select("session_id", position=pl.col("position") - 1), on=["session_id", "position"]
-    ).select("session_id", from_touchpoint="touchpoint")
+    is_last = _previous_in_session("session_id", -1).is_null()
     ends = (
-        last.join(last_touchpoint, on="session_id")
+        steps.filter(is_last)
         .join(outcome, on="session_id")
         .select(
             "session_id",
-            "position",
-            "from_touchpoint",
+            position=pl.col("position") + 1,
+            from_touchpoint="touchpoint",
             to_touchpoint=pl.when(pl.col("is_converted"))
             .then(pl.lit(CONVERSION))
             .otherwise(pl.lit(EXIT)),

@@ -51,17 +51,24 @@ def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.Data
 
 def journey_steps(events: pl.LazyFrame, cfg: StepConfig) -> pl.LazyFrame:
     """Keep the events that are journey steps: no static assets, no health checks."""
-    path = url_path().str.to_lowercase()
+    # Judged once per distinct URL, then looked up per event: URLs repeat across millions
+    # of events, and a regex per event costs several times a set lookup.
+    urls = pl.col("url").unique(maintain_order=True)
+    path = url_path(urls).str.to_lowercase()
     extensions = "|".join(e.lstrip(".").replace(".", r"\.") for e in cfg.asset_extensions)
     is_asset = path.str.contains(rf"\.({extensions})$") if extensions else pl.lit(False)
     health = [p.lower().rstrip("/") for p in cfg.health_check_paths]
     is_health = path.str.strip_chars_end("/").is_in(health) if health else pl.lit(False)
-    return events.filter(~is_asset & ~is_health)
+    if not extensions and not health:
+        return events
+    excluded = urls.filter(is_asset | is_health)
+    return events.filter(~pl.col("url").is_in(excluded.implode()).fill_null(False))
 
 
-def url_path() -> pl.Expr:
-    """The path of `url`: the query removed (stored URLs carry no fragment)."""
-    return pl.col("url").str.replace(r"\?.*$", "")
+def url_path(url: pl.Expr | None = None) -> pl.Expr:
+    """The path of `url` (default: the `url` column): the query removed (stored URLs carry no
+    fragment)."""
+    return (pl.col("url") if url is None else url).str.replace(r"\?.*$", "")
 
 
 def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -118,28 +125,43 @@ def device_groups(device_users: pl.DataFrame) -> pl.DataFrame:
 def flag_bots(events: pl.LazyFrame, cfg: BotConfig) -> pl.LazyFrame:
     """Add `is_bot`, per anonymous id: a robot user agent or an inhuman step rate."""
     patterns = "|".join(pl.escape_regex(p.lower()) for p in cfg.user_agent_patterns)
-    # Matched once per distinct user agent, then joined: agents repeat across millions of rows.
-    agents = events.select(pl.col("user_agent").unique()).with_columns(
-        ua_is_bot=pl.col("user_agent").cast(pl.String).str.to_lowercase().str.contains(patterns)
+    # Matched once per distinct user agent: agents repeat across millions of rows.
+    agents = events.select(pl.col("user_agent").unique()).drop_nulls()
+    by_agent = (
+        agents.filter(
+            pl.col("user_agent").cast(pl.String).str.to_lowercase().str.contains(patterns)
+        )
         if patterns
-        else pl.lit(False)
+        else agents.head(0)
     )
-    events = events.join(agents, on="user_agent", how="left", nulls_equal=True)
-    ua_bot = pl.col("ua_is_bot").fill_null(False)
-    n = cfg.max_steps_per_minute
-    # More than n steps within 60 s: the step n places earlier, on the same device, is less
-    # than a minute ago. Plain shifts over one sort of a narrow frame, flags joined back per
-    # device: a windowed shift or a full-width sort is far slower on millions of rows.
-    same_device = pl.col("anonymous_id") == pl.col("anonymous_id").shift(n)
-    too_fast = same_device & ((pl.col("ts") - pl.col("ts").shift(n)) < pl.duration(seconds=60))
-    devices = (
-        events.select("anonymous_id", "ts", "ua_is_bot")
-        .sort("anonymous_id", "ts")
-        .with_columns(is_bot_step=ua_bot | too_fast.fill_null(False))
-        .group_by("anonymous_id")
-        .agg(is_bot=pl.col("is_bot_step").any())
-    )
-    return events.drop("ua_is_bot").join(devices, on="anonymous_id", how="left")
+    robots = events.join(by_agent, on="user_agent", how="semi").select("anonymous_id")
+    too_fast = too_fast_devices(events, cfg.max_steps_per_minute)
+    bot_devices = pl.concat([robots, too_fast]).unique().collect()["anonymous_id"]
+    # Bots are few: a set lookup per step costs a fraction of a join.
+    return events.with_columns(is_bot=pl.col("anonymous_id").is_in(bot_devices.implode()))
+
+
+def too_fast_devices(events: pl.LazyFrame, n: int) -> pl.LazyFrame:
+    """Anonymous ids with more than `n` steps within some 60 s: the step n places earlier on
+    the same device is less than a minute ago.
+
+    Only devices with more than `n` steps in all can qualify, and they are few, so only their
+    steps are sorted. Devices are grouped by a 64-bit hash of their id (integers group and
+    sort several times faster than text). Two devices sharing a hash merge into one stream,
+    which can only add steps to a minute, never remove any: the devices found are checked
+    again by their text ids, so the result is exact.
+    """
+    hashed = events.select("anonymous_id", "ts", device=pl.col("anonymous_id").hash())
+    busy = hashed.group_by("device").agg(n_steps=pl.len()).filter(pl.col("n_steps") > n)
+
+    def rate_exceeded(frame: pl.LazyFrame, device: str) -> pl.LazyFrame:
+        same_device = pl.col(device) == pl.col(device).shift(n)
+        too_fast = same_device & ((pl.col("ts") - pl.col("ts").shift(n)) < pl.duration(seconds=60))
+        return frame.sort(device, "ts").filter(too_fast.fill_null(False)).select(device).unique()
+
+    candidates = rate_exceeded(hashed.join(busy, on="device", how="semi"), "device")
+    suspects = hashed.join(candidates, on="device", how="semi").drop("device")
+    return rate_exceeded(suspects, "anonymous_id")
 
 
 def assign_sessions(events: pl.LazyFrame, cfg: Config) -> pl.LazyFrame:
@@ -177,11 +199,14 @@ def assign_sessions(events: pl.LazyFrame, cfg: Config) -> pl.LazyFrame:
         row=pl.int_range(pl.len(), dtype=pl.Int64),
     )
     starts = pl.col("is_session_start")
-    started = pl.when(starts).then(pl.col("ts")).forward_fill()
     return ordered.with_columns(
         session_seq=starts.cast(pl.UInt32).cum_sum(),
         is_session_end=starts.shift(-1).fill_null(True),
-        session_id=pl.format("{}:{}", pl.col("person_id"), started.dt.epoch("ms").cast(pl.String)),
+        # Formatted at each session's first step and carried down: one string per session,
+        # not per step, is formatted.
+        session_id=pl.when(starts)
+        .then(pl.format("{}:{}", pl.col("person_id"), pl.col("ts").dt.epoch("ms").cast(pl.String)))
+        .forward_fill(),
         step=(pl.col("row") - pl.when(starts).then(pl.col("row")).forward_fill() + 1).cast(
             pl.UInt32
         ),
@@ -195,7 +220,11 @@ def is_conversion(cfg: ConversionConfig) -> pl.Expr:
         if cfg.event_types
         else pl.lit(False)
     )
-    by_url = url_path().str.contains(cfg.url_pattern) if cfg.url_pattern else pl.lit(False)
+    # The pattern is matched once per distinct URL, then looked up per step: a shop has far
+    # fewer URLs than steps, and few of them convert.
+    urls = pl.col("url").unique(maintain_order=True)
+    converting = urls.filter(url_path(urls).str.contains(cfg.url_pattern))
+    by_url = pl.col("url").is_in(converting.implode()) if cfg.url_pattern else pl.lit(False)
     return (by_event | by_url).fill_null(False)
 
 

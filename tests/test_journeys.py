@@ -223,6 +223,29 @@ def test_positions_count_1_to_n_per_session_whatever_the_row_order():
     assert_frame_equal(journeys.collapse_repeats(steps(*rows)).collect(), expected)
 
 
+def test_sessions_kept_together_but_not_sorted_collapse_as_if_sorted():
+    """Sessionised steps come grouped by person, not by session id: s2's steps before s1's,
+    each in step order, collapse to the same journey steps as sorted input."""
+    rows = [
+        visit("s2", "home", 90),
+        visit("s2", "cart", 100),
+        visit("s2", "cart", 105, status=503),
+        visit("s1", "home", 0),
+        visit("s1", "confirmation", 10),
+        visit("s1", "home", 20),
+    ]
+    expected = journey_steps_frame(
+        [
+            ("s1", 1, "home", "journey", 0, 0, 0, 0, False),
+            ("s1", 2, "confirmation", "journey", 10, 10, 0, 0, True),
+            ("s2", 1, "home", "journey", 90, 90, 0, 0, False),
+            ("s2", 2, "cart", "journey", 100, 105, 1, 1, False),
+        ]
+    )
+    collapsed = journeys.collapse_repeats(steps(*rows)).collect()
+    assert_frame_equal(collapsed.sort("session_id", "position"), expected)
+
+
 def test_a_repeat_never_spans_two_sessions():
     """s1 ending on cart and s2 starting on cart are two steps, one in each session."""
     frame = steps(visit("s1", "home", 0), visit("s1", "cart", 10), visit("s2", "cart", 20))

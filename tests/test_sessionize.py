@@ -707,3 +707,29 @@ def test_device_groups_follow_chains_of_shared_logins():
     )
     groups = sessionize.device_groups(pairs).sort("anonymous_id")
     assert groups.rows() == [("d1", "u2"), ("d2", "u2"), ("d3", "u2"), ("d4", "u9")]
+
+
+def test_conversion_and_asset_urls_are_judged_right_on_many_repeated_urls():
+    """Both are judged once per distinct URL and looked up per step: on thousands of steps
+    over a few URLs (with and without a query) they agree with a regex on every step."""
+    cfg = Config()
+    urls = ["/checkout/confirmation", "/checkout/confirmation?o=1", "/cart", "/logo.png?v=2",
+            "/health", "/thank-you", "/p/1.html", "/de/checkout/success"]  # fmt: skip
+    frame = pl.DataFrame(
+        {
+            "url": [urls[(i * 7) % len(urls)] for i in range(4000)],
+            "event_type": ["purchase" if i % 97 == 0 else "page_view" for i in range(4000)],
+        }
+    )
+    path = pl.col("url").str.replace(r"\?.*$", "")
+    per_step = pl.col("event_type").is_in(list(cfg.conversion.event_types)) | path.str.contains(
+        cfg.conversion.url_pattern
+    )
+    judged = frame.with_columns(
+        looked_up=sessionize.is_conversion(cfg.conversion), per_step=per_step
+    )
+    assert judged["looked_up"].to_list() == judged["per_step"].to_list()
+    assert judged["looked_up"].sum() > 1000
+    kept = sessionize.journey_steps(frame.lazy(), cfg.steps).collect()
+    assert set(kept["url"]) == set(urls) - {"/logo.png?v=2", "/health"}
+    assert kept.height == 4000 - frame["url"].is_in(["/logo.png?v=2", "/health"]).sum()
