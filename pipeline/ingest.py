@@ -17,6 +17,8 @@ import csv
 import io
 import json
 import os
+import queue
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,7 +285,7 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
     pending = b""
     truncated_reason: str | None = None
     at_start = True
-    blocks = _decompressed_blocks(path)
+    blocks = _read_ahead(_decompressed_blocks(path))
     while True:
         try:
             block = next(blocks)
@@ -297,7 +299,8 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
             data, at_start = data.removeprefix(BOM), False
         if truncated_reason is None:
             cut_at = data.rfind(b"\n") + 1
-            pending, data = data[cut_at:], data[:cut_at]
+            # A view, not a copy: a block is tens of megabytes.
+            pending, data = data[cut_at:], memoryview(data)[:cut_at]
         else:
             pending = b""
         # A cut that falls on a line boundary leaves no partial line: say so with a marker row,
@@ -340,6 +343,51 @@ class _Truncated(Exception):
         self.tail, self.reason = tail, reason
 
 
+def _read_ahead(blocks: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield what `blocks` yields (and raise what it raises), reading one block ahead.
+
+    Reading and inflating the next block in a thread overlaps them with parsing this one:
+    zlib, file reads and Polars all release the GIL. The thread stops, and `blocks` is
+    closed, when the reader stops early.
+    """
+    ready: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(kind: str, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put((kind, item), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for block in blocks:
+                if not hand_over("block", block):
+                    return
+            hand_over("end", None)
+        except BaseException as err:  # noqa: BLE001 - raised again in the reader's thread
+            hand_over("error", err)
+        finally:
+            blocks.close()
+
+    worker = threading.Thread(target=produce, name="journeymap-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = ready.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item  # type: ignore[misc]
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        worker.join()
+
+
 def _decompressed_blocks(path: Path) -> Iterator[bytes]:
     """Yield raw bytes; gzip members are followed to the end of the file.
 
@@ -378,12 +426,13 @@ def _decompressed_blocks(path: Path) -> Iterator[bytes]:
 
 
 def _split_lines(
-    data: bytes, first_line: int, max_line_bytes: int, last_line_reason: str | None
+    data: bytes | memoryview, first_line: int, max_line_bytes: int, last_line_reason: str | None
 ) -> _Chunk:
     """Turn a block of whole lines into a frame of lines, quarantining the unreadable ones."""
     buf = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(buf == 10)
-    ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
+    ends_with_newline = len(buf) > 0 and buf[-1] == 10
+    ends = newlines if ends_with_newline else np.append(newlines, len(buf))
     starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
     n = len(ends)
     line_nos = np.arange(first_line + 1, first_line + n + 1, dtype=np.int64)
@@ -393,18 +442,18 @@ def _split_lines(
     bad_rows: list[tuple[int, str, str]] = []
 
     # Not UTF-8: find each bad line with C-speed decoding, blank it, quarantine it escaped.
-    invalid = _invalid_utf8_lines(data, starts, ends)
+    invalid = _invalid_utf8_lines(data, buf, starts, ends)
     if invalid.size:
-        mutable = bytearray(data)
+        blanked = buf.copy()
         for i in invalid:
             s, e = int(starts[i]), int(ends[i])
-            raw = data[s:e].rstrip(b"\r").decode("utf-8", "backslashreplace")
+            raw = bytes(data[s:e]).rstrip(b"\r").decode("utf-8", "backslashreplace")
             bad_rows.append((int(line_nos[i]), raw[:max_line_bytes], "invalid_utf8"))
-            mutable[s:e] = b" " * (e - s)
-        data = bytes(mutable)
+            blanked[s:e] = 32
+        buf = blanked
 
-    offsets = np.concatenate([starts, [len(data)]]).astype(np.int64)
-    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+    offsets = np.concatenate([starts, [len(buf)]]).astype(np.int64)
+    arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf))
     lines = pl.DataFrame({"source_line": line_nos, "line": pl.from_arrow(arr), "n_bytes": lengths})
     lines = lines.with_columns(pl.col("line").str.strip_suffix("\n").str.strip_suffix("\r"))
     if invalid.size:
@@ -434,21 +483,23 @@ def _split_lines(
         lines.filter(pl.col("reason").is_null()).select("source_line", "line"),
         rejected,
         n,
-        len(data),
+        len(buf),
     )
 
 
 UTF8_WINDOW_BYTES = 1 << 20
 
 
-def _invalid_utf8_lines(data: bytes, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def _invalid_utf8_lines(
+    data: bytes | memoryview, buf: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> np.ndarray:
     """Indices of the lines holding bytes that are not UTF-8 (usually none).
 
     Decodes in windows of about 1 MiB ending at a line break: a decode error copies the
     whole input it was given into the exception, so one big decode would cost O(size) per
     bad line.
     """
-    if data.isascii():
+    if not len(buf) or buf.max() < 0x80:
         return np.empty(0, dtype=np.int64)
     bad: list[int] = []
     view = memoryview(data)
@@ -589,19 +640,95 @@ def _native_ts(dtype: pl.Datetime, tz: str) -> pl.Expr:
 # ------------------------------------------------------------------------------ parsing
 
 
+ACCESS_FIELDS = ("ip", "ident", "user", "clf_ts", "method", "target", "protocol", "status", "bytes")
+COMBINED_FIELDS = (*ACCESS_FIELDS, "referrer", "user_agent")
+# The pieces of COMBINED_RE between its six quotes, each anchored to the whole piece.
+_PREFIX_RE = r"^(\S+) (\S+) (\S+) \[([^\]]+)\] $"
+_REQUEST_RE = r"^(\S+) (\S+)(?: (\S+))?$"
+_STATUS_RE = r"^ (\d{3}) (\S+) $"
+_TRAILING_RE = r"^(?:\s.*)?$"
+
+
+def access_fields(lines: pl.DataFrame, fmt: str = "combined") -> pl.DataFrame:
+    """Split access-log lines into their string fields, all null where a line does not match.
+
+    Combined lines of the usual shape take a fast path that cuts at quotes; every other line
+    goes through the full regex, which gives the same fields for the usual shape (see
+    `_combined_fields_fast`), so which path a line takes never changes the result.
+    """
+    if fmt != "combined":
+        return _access_fields_exact(lines, fmt)
+    fast, rest = _combined_fields_fast(lines)
+    if not rest.height:
+        return fast
+    # Few lines take the exact path: sorting them back in costs less than merge_sorted.
+    return pl.concat([fast, _access_fields_exact(rest, fmt)]).sort("source_line")
+
+
+def _access_fields_exact(lines: pl.DataFrame, fmt: str) -> pl.DataFrame:
+    pattern = COMBINED_RE if fmt == "combined" else COMMON_RE
+    names = COMBINED_FIELDS if fmt == "combined" else ACCESS_FIELDS
+    # Trailing fields some servers append (request time, upstream) are tolerated.
+    return (
+        lines.select("source_line", "line")
+        .with_columns(pl.col("line").str.extract_groups(pattern + r"(?:\s.*)?$").alias("m"))
+        .unnest("m")
+        .rename({str(i + 1): name for i, name in enumerate(names)})
+    )
+
+
+def _combined_fields_fast(lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Fields of the combined lines with exactly six quotes and no backslash; the other lines.
+
+    A capture-group regex over whole lines is the costliest step of ingest. With exactly six
+    quotes, COMBINED_RE can only match with its six literal quotes on them (no other part of
+    a match holds a quote), and without a backslash its quoted fields are plain text. The line
+    then matches if and only if each piece between quotes matches its piece of the regex, and
+    each piece parses one way only, so the fields are those the full regex captures. Matching
+    the short unquoted pieces skips the user agent and referrer, the longest part of a line.
+    """
+    line = pl.col("line")
+    pieces = lines.with_columns(q=line.str.split_exact('"', 7)).unnest("q")
+    piece = [pl.col(f"field_{i}") for i in range(8)]
+    prefix = piece[0].str.extract_groups(_PREFIX_RE).struct.field
+    request = piece[1].str.extract_groups(_REQUEST_RE).struct.field
+    status = piece[2].str.extract_groups(_STATUS_RE).struct.field
+    fields = pieces.select(
+        "source_line",
+        "line",
+        ip=prefix("1"),
+        ident=prefix("2"),
+        user=prefix("3"),
+        clf_ts=prefix("4"),
+        method=request("1"),
+        target=request("2"),
+        protocol=request("3"),
+        status=status("1"),
+        bytes=status("2"),
+        referrer=piece[3],
+        user_agent=piece[5],
+        is_simple=piece[6].is_not_null()
+        & piece[7].is_null()
+        & ~line.str.contains("\\", literal=True)
+        & (piece[4] == " ")
+        & piece[6].str.contains(_TRAILING_RE),
+    )
+    is_fast = (
+        pl.col("is_simple")
+        & pl.col("ip").is_not_null()
+        & pl.col("method").is_not_null()
+        & pl.col("status").is_not_null()
+    )
+    fields = fields.with_columns(is_fast=is_fast)
+    fast = fields.filter("is_fast").drop("is_simple", "is_fast")
+    return fast, fields.filter(~pl.col("is_fast")).select("source_line", "line")
+
+
 def parse_access_lines(
     lines: pl.DataFrame, cfg: Config, ingested_at: datetime, fmt: str = "combined"
 ):
     """Parse Apache/Nginx combined or common log lines (`source_line`, `line`)."""
-    pattern = COMBINED_RE if fmt == "combined" else COMMON_RE
-    # Trailing fields some servers append (request time, upstream) are tolerated.
-    parts = lines.with_columns(
-        pl.col("line").str.extract_groups(pattern + r"(?:\s.*)?$").alias("m")
-    ).unnest("m")
-    names = ["ip", "ident", "user", "clf_ts", "method", "target", "protocol", "status", "bytes"]
-    if fmt == "combined":
-        names += ["referrer", "user_agent"]
-    parts = parts.rename({str(i + 1): name for i, name in enumerate(names)})
+    parts = access_fields(lines, fmt)
     if fmt != "combined":
         parts = parts.with_columns(
             referrer=pl.lit(None, pl.String), user_agent=pl.lit(None, pl.String)

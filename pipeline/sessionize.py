@@ -83,11 +83,12 @@ def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
         .group_by("anonymous_id")
         .agg(stitched_user_id=pl.col("user_id").first())
     )
+    user = pl.coalesce("user_id", "stitched_user_id")
+    # One concatenation per event: a coalesce of three prefixed ids would build all three.
     return events.join(first_login, on="anonymous_id", how="left").with_columns(
-        person_id=pl.coalesce(
-            pl.lit("u:") + pl.col("user_id"),
-            pl.lit("u:") + pl.col("stitched_user_id"),
-            pl.lit("a:") + pl.col("anonymous_id"),
+        person_id=pl.concat_str(
+            pl.when(user.is_null()).then(pl.lit("a:")).otherwise(pl.lit("u:")),
+            pl.coalesce(user, "anonymous_id"),
         )
     )
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 from support import without_limit
 
@@ -1446,3 +1448,65 @@ def test_databases_in_an_input_directory_are_not_inputs(tmp_path):
     (tmp_path / "journeymap.duckdb").write_bytes(b"DUCK\x00\x00")
     (tmp_path / "journeymap.duckdb.wal").write_bytes(b"\x00")
     assert [p.name for p in ingest.discover_inputs([tmp_path])] == ["access.log"]
+
+
+# ----------------------------------------------------------------- combined fast path
+
+# Characters that delimit or break a combined line, and some that only look like they do.
+HOSTILE_CHARS = ['"', " ", "\\", "[", "]", "\t", "\r", "\u00a0", "\u3000", "a", "0", "/", "-", "é"]
+
+
+# Per piece of a combined line: usual values, then odd ones that may break the line.
+COMBINED_PIECES: list[tuple[list[str], list[str]]] = [
+    ([IP, "2001:db8::1"], ["a\u00a0b", "a\tb", ""]),
+    ([" - "], [" ", "  -  ", " - x "]),
+    (["-", "alice"], ["[x]", "a b", ""]),
+    ([" ["], [" [[", "["]),
+    (["10/Oct/2024:13:55:36 +0000", "1/Oct/2024:3:5:6 -0700"], ["a]b", "", "a b c"]),
+    (['] "'], ["]", "]  "]),
+    (["GET /a HTTP/1.1", "POST /b", "GET /a?b=1#c HTTP/2"], ["-", "GET /a b c", "GET  /a"]),
+    (['" '], ['"', '"" ', ' " ']),
+    (["200", "404"], ["\u0662\u0660\u0660", "20", "2000", "2 0"]),
+    ([" "], ["\t", "  "]),
+    (["512", "-"], ["", "1 2", "\u00a0"]),
+    ([' "'], [' ""', " "]),
+    (["-", "https://r.example/"], ['a \\"b\\"', "end\\", "end\\\\", "a\\b", "\\"]),
+    (['" "'], ['"  "', '""', '" " "']),
+    ([UA, "", "\u00fc \u2603"], ['x\\"y', "end\\", "a\\\\b"]),
+    (['"'], ['\\"', '""']),
+    (["", " 0.123"], ['\t"up"', "junk", ' "a" "b"', "\u00a0x", ' "', "\\"]),
+]
+HOSTILE_TEXT = st.text(st.sampled_from(HOSTILE_CHARS), max_size=6)
+
+
+@st.composite
+def combined_lines(draw) -> str:
+    """Usual combined lines with up to two pieces swapped for odd or hostile text."""
+    pieces = [draw(st.sampled_from(usual)) for usual, _ in COMBINED_PIECES]
+    for _ in range(draw(st.integers(0, 2))):
+        i = draw(st.integers(0, len(pieces) - 1))
+        pieces[i] = draw(st.one_of(st.sampled_from(COMBINED_PIECES[i][1]), HOSTILE_TEXT))
+    return "".join(pieces)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(combined_lines(), min_size=1, max_size=12))
+def test_combined_fast_path_gives_the_fields_of_the_full_regex(texts):
+    """Whichever path a combined line takes, its fields are the ones COMBINED_RE captures."""
+    frame = pl.DataFrame(
+        {"source_line": range(1, len(texts) + 1), "line": texts},
+        schema={"source_line": pl.Int64, "line": pl.String},
+    )
+    assert_frame_equal(
+        ingest.access_fields(frame, "combined"),
+        ingest._access_fields_exact(frame, "combined"),
+    )
+
+
+def test_only_unusual_combined_lines_take_the_regex_path():
+    """Usual lines are cut at quotes; an escaped quote or an extra quoted field needs the regex."""
+    texts = [clf(), clf(ua='say \\"hi\\"'), clf() + ' "forwarded"', clf(referrer="https://r/")]
+    frame = pl.DataFrame({"source_line": [1, 2, 3, 4], "line": texts})
+    fast, rest = ingest._combined_fields_fast(frame)
+    assert fast["source_line"].to_list() == [1, 4]
+    assert rest["source_line"].to_list() == [2, 3]
