@@ -206,8 +206,14 @@ def touchpoint_reach(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.
     """One row per session and touchpoint it reached: session_id, touchpoint, first_position,
     has_error (a 5xx there), is_converted, and exited_here (the journey ends there without
     converting). The one definition of an exit that exit rates and blockers share."""
-    last = journey_steps.group_by("session_id").agg(
-        exit_touchpoint=pl.col("touchpoint").sort_by("position").last()
+    ordered = in_session_order(
+        journey_steps.select("session_id", "position", "touchpoint").collect(), "position"
+    )
+    # Each session's last row in step order: no group-by sorting every session's steps.
+    last = (
+        ordered.lazy()
+        .filter(_previous_in_session("session_id", -1).is_null())
+        .select("session_id", exit_touchpoint="touchpoint")
     )
     return (
         journey_steps.group_by("session_id", "touchpoint")
@@ -242,12 +248,13 @@ def touchpoint_exit_rates(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -
 def session_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
     """One row per journey: its path, the path with loops folded, length, outcome, time."""
     # Loops folded: each touchpoint kept at its first visit (A > B > A > C becomes A > B > C).
-    # One sort, then a group-by that keeps each session's rows in that order: sorting inside
-    # every group, or a first-visit flag windowed over sessions, costs several times more.
+    # Steps in session order (stored and fresh ones come that way), then a group-by that keeps
+    # each session's rows in that order: sorting inside every group, or a first-visit flag
+    # windowed over sessions, costs several times more.
     first_visit = pl.struct("session_id", "touchpoint").is_first_distinct()
+    ordered = in_session_order(journey_steps.collect(), "position").lazy()
     paths = (
-        journey_steps.sort("session_id", "position")
-        .with_columns(first_visit=first_visit)
+        ordered.with_columns(first_visit=first_visit)
         .group_by("session_id", maintain_order=True)
         .agg(
             path=pl.col("touchpoint").str.join(PATH_SEPARATOR),
@@ -488,7 +495,9 @@ def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
 def _loop_blockers(
     journey_steps: pl.LazyFrame, sessions: pl.LazyFrame, min_sessions: int
 ) -> pl.DataFrame:
-    ordered = journey_steps.sort("session_id", "position").select("session_id", "touchpoint")
+    ordered = in_session_order(
+        journey_steps.select("session_id", "position", "touchpoint").collect(), "position"
+    ).lazy()
     bounces = (
         ordered.with_columns(
             nxt=_previous_in_session("touchpoint", -1),

@@ -799,3 +799,30 @@ def test_too_few_sessions_give_an_empty_blockers_table():
     journey_steps, frame = population(everywhere(1, "home > cart"))
     blockers = journeys.find_blockers(journey_steps, frame)
     assert_frame_equal(blockers, pl.DataFrame(schema=journeys.BLOCKERS_SCHEMA))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_journey_marts_do_not_depend_on_the_row_order_of_the_steps(seed):
+    """Steps grouped by session in position order skip the sorts; shuffled steps are sorted
+    first. Edges, paths and blockers (all three kinds) come out the same either way."""
+    population_steps, population_sessions = population(*FIREFOX_PAYMENT_FAILS, *CART_SHIPPING_LOOP)
+    ordered = population_steps.collect()
+    shuffled = ordered.sample(fraction=1.0, shuffle=True, seed=seed)
+    assert not shuffled.equals(ordered)
+
+    def marts(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+        steps_, sessions_ = frame.lazy(), population_sessions
+        edges = journeys.journey_edges(steps_, sessions_).collect()
+        return {
+            "edges": edges.sort("session_id", "position"),
+            "paths": journeys.session_paths(steps_, sessions_).collect().sort("session_id"),
+            "reach": journeys.touchpoint_reach(steps_, sessions_)
+            .collect()
+            .sort("session_id", "touchpoint"),
+            "blockers": journeys.find_blockers(steps_, sessions_),
+        }
+
+    expected, got = marts(ordered), marts(shuffled)
+    assert {b for b in expected["blockers"]["kind"]} >= {"error", "loop"}
+    for name, frame in expected.items():
+        assert_frame_equal(got[name], frame, check_exact=True)

@@ -79,18 +79,19 @@ def cfg_with(**sessions) -> Config:
 
 
 def step_frame(rows: list[tuple[str, str, int]]) -> pl.DataFrame:
-    """Expected (event_id, session_id, step) rows."""
+    """Expected (event_id, session_id, step) rows, in key order."""
     return pl.DataFrame(
         rows,
         schema={"event_id": pl.String, "session_id": pl.String, "step": pl.UInt32},
         orient="row",
-    )
+    ).sort("session_id", "step")
 
 
 def assigned(frame: pl.LazyFrame, cfg: Config | None = None) -> pl.DataFrame:
-    """session_steps of `frame`, reduced to which session and step each event landed in."""
+    """session_steps of `frame`, reduced to which session and step each event landed in (in
+    key order: persons come in the order of a hash of their id)."""
     _, steps = sessionize.sessionize(frame, cfg or Config())
-    return steps.select("event_id", "session_id", "step")
+    return steps.select("event_id", "session_id", "step").sort("session_id", "step")
 
 
 # ----------------------------------------------------------------------- inactivity timeout
@@ -733,3 +734,46 @@ def test_conversion_and_asset_urls_are_judged_right_on_many_repeated_urls():
     kept = sessionize.journey_steps(frame.lazy(), cfg.steps).collect()
     assert set(kept["url"]) == set(urls) - {"/logo.png?v=2", "/health"}
     assert kept.height == 4000 - frame["url"].is_in(["/logo.png?v=2", "/health"]).sum()
+
+
+def _colliding_hash(column: str) -> pl.Expr:
+    """Every id of one length shares a hash: "a:a1" and "a:a2" collide, as do "a1" and "a2"."""
+    return pl.col(column).str.len_bytes().cast(pl.UInt64)
+
+
+def test_persons_sharing_a_hash_are_still_sessionised_apart(monkeypatch):
+    """Persons are sorted by a hash of their id; two persons whose ids share it interleave in
+    time, which is detected, and their steps are sorted by the ids themselves."""
+    frame = events(
+        {"ts": at(), "anonymous_id": "a1"},
+        {"ts": at(m=1), "anonymous_id": "a2"},
+        {"ts": at(m=2), "anonymous_id": "a1"},
+        {"ts": at(m=3), "anonymous_id": "a2"},
+    )
+    expected = step_frame(
+        [
+            ("e1", sid("a:a1", at()), 1),
+            ("e3", sid("a:a1", at()), 2),
+            ("e2", sid("a:a2", at(m=1)), 1),
+            ("e4", sid("a:a2", at(m=1)), 2),
+        ]
+    )
+    assert_frame_equal(assigned(frame), expected)
+    monkeypatch.setattr(sessionize, "id_hash", _colliding_hash)
+    assert_frame_equal(assigned(frame), expected)
+
+
+def test_devices_sharing_a_hash_are_not_a_bot_together(monkeypatch):
+    """Device steps are counted per hash first: a1 and a2 sharing one make five steps within a
+    minute, but checked by their own ids neither is faster than four a minute."""
+    frame = events(
+        *({"ts": at(s=10 * i), "anonymous_id": "a1", "url": f"/p/{i}"} for i in range(3)),
+        *({"ts": at(s=10 * i + 5), "anonymous_id": "a2", "url": f"/q/{i}"} for i in range(2)),
+        {"ts": at(m=5), "anonymous_id": "b1"},
+        *({"ts": at(m=10, s=i), "anonymous_id": "b2", "url": f"/r/{i}"} for i in range(5)),
+    )
+    cfg = BotConfig(max_steps_per_minute=4)
+    expected = {"a1": [False], "a2": [False], "b1": [False], "b2": [True]}
+    assert _bot_flags(frame, cfg) == expected
+    monkeypatch.setattr(sessionize, "id_hash", _colliding_hash)
+    assert _bot_flags(frame, cfg) == expected
