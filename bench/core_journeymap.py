@@ -37,7 +37,7 @@ def main(events_path: Path, out: Path) -> None:
     sessions, steps = sessionize.sessionize(events, cfg)
     sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
     journey_sessions = sessions.filter(~pl.col("is_bot"))
-    edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy())
+    edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy(), segments=False)
     transitions = journeys.count_transitions(edges).collect()
 
     out.mkdir(parents=True, exist_ok=True)

@@ -99,11 +99,15 @@ def in_session_order(steps: pl.DataFrame, step: str = "step") -> pl.DataFrame:
     return steps.sort("session_id", step)
 
 
-def journey_edges(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+def journey_edges(
+    journey_steps: pl.LazyFrame, sessions: pl.LazyFrame, *, segments: bool = True
+) -> pl.LazyFrame:
     """Every transition of every journey, START and CONVERSION/EXIT included.
 
-    Columns: session_id, from_touchpoint, to_touchpoint, seconds (between entering the two
-    steps; null for synthetic nodes), plus the session's segment columns and date.
+    Columns: session_id, position, from_touchpoint, to_touchpoint, seconds (between entering
+    the two steps; null for synthetic nodes), plus, unless `segments` is false, the session's
+    segment columns and date (a join of every edge with its session: skip it when only the
+    transition counts are wanted).
     """
     steps = in_session_order(
         journey_steps.select("session_id", "position", "touchpoint", "entered_at").collect(),
@@ -135,7 +139,7 @@ def journey_edges(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.Laz
         )
     )
     edges = pl.concat([inner, ends])
-    return edges.join(session_segments(sessions), on="session_id")
+    return edges.join(session_segments(sessions), on="session_id") if segments else edges
 
 
 def _previous_in_session(column: str, n: int = 1) -> pl.Expr:

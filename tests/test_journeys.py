@@ -826,3 +826,21 @@ def test_journey_marts_do_not_depend_on_the_row_order_of_the_steps(seed):
     assert {b for b in expected["blockers"]["kind"]} >= {"error", "loop"}
     for name, frame in expected.items():
         assert_frame_equal(got[name], frame, check_exact=True)
+
+
+def test_edges_without_segments_are_the_same_edges():
+    """segments=False skips the join with the sessions' segments, nothing else: same rows,
+    same transition counts."""
+    with_segments = four_edges().collect()
+    plain = journeys.journey_edges(
+        journeys.collapse_repeats(FOUR), FOUR_SESSIONS, segments=False
+    ).collect()
+    assert plain.columns == [
+        "session_id", "position", "from_touchpoint", "to_touchpoint", "seconds"
+    ]  # fmt: skip
+    key = ["session_id", "position"]
+    assert_frame_equal(plain.sort(key), with_segments.select(plain.columns).sort(key))
+    assert_frame_equal(
+        journeys.count_transitions(plain.lazy()).collect(),
+        journeys.count_transitions(with_segments.lazy()).collect(),
+    )
