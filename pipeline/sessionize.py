@@ -166,7 +166,8 @@ def too_fast_devices(events: pl.LazyFrame, n: int) -> pl.LazyFrame:
 
 
 def assign_sessions(events: pl.LazyFrame, cfg: Config) -> pl.LazyFrame:
-    """Add `session_id` and `step` (1-based), ordered by (person, ts, event_id)."""
+    """Add `session_id` and `step` (1-based): each person's steps together, in (ts, event_id)
+    order (see `by_person_and_time`)."""
     s = cfg.sessions
     ordered = by_person_and_time(events).lazy()
     same_person = pl.col("person_id") == pl.col("person_id").shift(1)
