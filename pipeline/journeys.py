@@ -40,6 +40,7 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     # Counted with running sums over the one sort, reset at each session's first row: the
     # same sums windowed `over` sessions cost several times more on millions of rows.
     is_conversion = pl.col("is_conversion").fill_null(False).cast(pl.UInt32)
+    is_error = (pl.col("status") >= 500).fill_null(False).cast(pl.UInt32)
     before_here = is_conversion.cum_sum() - is_conversion
     at_session_start = pl.when(~same_session).then(before_here).forward_fill()
     kept = ordered.lazy().filter((before_here - at_session_start) == 0)
@@ -49,16 +50,15 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     running = kept.with_columns(
         is_first=new_step,
         row=pl.int_range(pl.len(), dtype=pl.Int64),
-        errors=(pl.col("status") >= 500).fill_null(False).cast(pl.UInt32).cum_sum(),
-        conversions=pl.col("is_conversion").fill_null(False).cast(pl.UInt32).cum_sum(),
+        errors=is_error.cum_sum(),
+        conversions=is_conversion.cum_sum(),
     ).collect()
     firsts = running.filter(pl.col("is_first"))
     last_row = (firsts["row"].shift(-1) - 1).fill_null(running.height - 1)
     at_last = running.select("ts", "errors", "conversions")[last_row]
     before_first = firsts.select(
-        errors=pl.col("errors") - (pl.col("status") >= 500).fill_null(False).cast(pl.UInt32),
-        conversions=pl.col("conversions")
-        - pl.col("is_conversion").fill_null(False).cast(pl.UInt32),
+        errors=pl.col("errors") - is_error,
+        conversions=pl.col("conversions") - is_conversion,
     )
     steps = firsts.select(
         "session_id",

@@ -16,6 +16,8 @@ Rules (one meaning everywhere, see DESIGN.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 from pipeline.config import BotConfig, Config, ConversionConfig, StepConfig
@@ -51,18 +53,31 @@ def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.Data
 
 def journey_steps(events: pl.LazyFrame, cfg: StepConfig) -> pl.LazyFrame:
     """Keep the events that are journey steps: no static assets, no health checks."""
-    # Judged once per distinct URL, then looked up per event: URLs repeat across millions
-    # of events, and a regex per event costs several times a set lookup.
-    urls = pl.col("url").unique(maintain_order=True)
-    path = url_path(urls).str.to_lowercase()
     extensions = "|".join(e.lstrip(".").replace(".", r"\.") for e in cfg.asset_extensions)
-    is_asset = path.str.contains(rf"\.({extensions})$") if extensions else pl.lit(False)
     health = [p.lower().rstrip("/") for p in cfg.health_check_paths]
-    is_health = path.str.strip_chars_end("/").is_in(health) if health else pl.lit(False)
     if not extensions and not health:
         return events
-    excluded = urls.filter(is_asset | is_health)
-    return events.filter(~pl.col("url").is_in(excluded.implode()).fill_null(False))
+
+    def excluded(urls: pl.Expr) -> pl.Expr:
+        path = url_path(urls).str.to_lowercase()
+        is_asset = path.str.contains(rf"\.({extensions})$") if extensions else pl.lit(False)
+        is_health = path.str.strip_chars_end("/").is_in(health) if health else pl.lit(False)
+        return is_asset | is_health
+
+    return events.filter(~url_judged(excluded).fill_null(False))
+
+
+def url_judged(judge: Callable[[pl.Expr], pl.Expr]) -> pl.Expr:
+    """Whether each step's `url` is one of the distinct URLs that `judge` (a predicate over a
+    column of URLs) accepts.
+
+    `judge` runs once per distinct URL and steps are looked up in the accepted set: URLs
+    repeat across millions of steps, and a regex per step costs several times a set lookup.
+    """
+    # Ordered: `judge` reads the same distinct values it filters; two unordered `unique()`
+    # calls may list them in different orders and misalign the mask.
+    urls = pl.col("url").unique(maintain_order=True)
+    return pl.col("url").is_in(urls.filter(judge(urls)).implode())
 
 
 def url_path(url: pl.Expr | None = None) -> pl.Expr:
@@ -245,11 +260,11 @@ def is_conversion(cfg: ConversionConfig) -> pl.Expr:
         if cfg.event_types
         else pl.lit(False)
     )
-    # The pattern is matched once per distinct URL, then looked up per step: a shop has far
-    # fewer URLs than steps, and few of them convert.
-    urls = pl.col("url").unique(maintain_order=True)
-    converting = urls.filter(url_path(urls).str.contains(cfg.url_pattern))
-    by_url = pl.col("url").is_in(converting.implode()) if cfg.url_pattern else pl.lit(False)
+    by_url = (
+        url_judged(lambda urls: url_path(urls).str.contains(cfg.url_pattern))
+        if cfg.url_pattern
+        else pl.lit(False)
+    )
     return (by_event | by_url).fill_null(False)
 
 
