@@ -1,8 +1,9 @@
 """Contender: journeymap's core (sessionise → touchpoints → journeys → transitions).
 
 Only pipeline functions: `sessionize`, then `pipeline.cli.map_journeys` as `journeymap run`
-calls it, then the edges and counts of `journey_marts`, with `definitions.core_config()`. Exact duplicates are dropped first (journeymap drops them
-when it loads events into its store, which this job does not use).
+calls it, then the edges and counts of `journey_marts`, with `definitions.core_config()`. Exact
+duplicates are dropped first (journeymap drops them when it loads events into its store, which
+this job does not use).
 
 Usage: python bench/core_journeymap.py EVENTS.parquet DEFINITIONS.json OUT_DIR
 (DEFINITIONS.json is not read: journeymap takes its rules from the config it was built from.)

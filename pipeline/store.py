@@ -4,11 +4,11 @@ Layers: `raw` (events, quarantine, runs, run_files, settings) → `staging` (vie
 (sessions, session_steps, journey marts, and views from `sql/`).
 
 Readers and the nightly writer never meet in one file. A run takes `<db>.lock`, copies the
-published database to a private work file beside it, writes there (committing batch by
-batch, so memory stays bounded), checkpoints, and renames the work file over the published one (`publish`). A rename is
-atomic: a reader that opened the database read-only keeps reading the state it opened, a
-reader that opens it later sees the whole new run, and nobody ever sees half a run. A run
-killed at any point leaves only a stale work file, which the next run deletes.
+published database to a private work file beside it, writes there (committing batch by batch,
+so memory stays bounded), checkpoints, and renames the work file over the published one
+(`publish`). A rename is atomic: a reader that opened the database read-only keeps reading the
+state it opened, a reader that opens it later sees the whole new run, and nobody ever sees half
+a run. A run killed at any point leaves only a stale work file, which the next run deletes.
 
 Two keys are assigned here, in SQL, because they need a stable hash (Polars' hash is only
 stable within one Polars version) and the database's salt:
@@ -314,9 +314,9 @@ def stage_batch(
     """Key one ingested batch, insert its new events and its rejects; (accepted, duplicates).
 
     A duplicate is an event whose `event_id` is already stored (by an earlier run, or by an
-    earlier batch of this one) or appears earlier in the
-    batch. Of identical events the one read first is kept. Inserting batch by batch keeps
-    memory bounded by the batch, not by the run.
+    earlier batch of this one) or appears earlier in the batch. Of identical events the one
+    read first is kept. Inserting batch by batch keeps memory bounded by the batch, not by the
+    run.
     """
     if quarantine.height:
         con.register("batch_quarantine", quarantine.to_arrow())
@@ -492,13 +492,22 @@ def _devices_in_scope(refresh_only: bool) -> str:
 
 def count_events_in_scope(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> int:
     """Stored events a refresh must sessionise: all, or those of `scope_refresh`'s devices."""
-    if not refresh_only:
-        return _scalar(con, "select count(*) from raw.events")
-    return _scalar(
-        con,
-        "select count(*) from raw.events "
-        "where anonymous_id in (select anonymous_id from refresh_devices)",
-    )
+    where, params = _events_in_scope(refresh_only=refresh_only)
+    return _scalar(con, f"select count(*) from raw.events{where}", params)
+
+
+def _events_in_scope(*, refresh_only: bool, part: int | None = None) -> tuple[str, list]:
+    """The `where` clause (and its parameters) of `raw.events` that `read_events` and
+    `count_events_in_scope` select: see `read_events`."""
+    filters, params = [], []
+    if refresh_only:
+        filters.append("anonymous_id in (select anonymous_id from refresh_devices)")
+    if part is not None:
+        filters.append(
+            "anonymous_id in (select anonymous_id from partition_devices where part = ?)"
+        )
+        params.append(part)
+    return (f" where {' and '.join(filters)}" if filters else ""), params
 
 
 def device_users(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> pl.DataFrame:
@@ -548,15 +557,7 @@ def read_events(
     one batch of plain strings, not the whole table.
     """
     columns = ", ".join(c for c in EVENTS.columns if c not in ("source", "source_line"))
-    filters, params = [], []
-    if refresh_only:
-        filters.append("anonymous_id in (select anonymous_id from refresh_devices)")
-    if part is not None:
-        filters.append(
-            "anonymous_id in (select anonymous_id from partition_devices where part = ?)"
-        )
-        params.append(part)
-    where = f" where {' and '.join(filters)}" if filters else ""
+    where, params = _events_in_scope(refresh_only=refresh_only, part=part)
     reader = con.sql(f"select {columns} from raw.events{where}", params=params).to_arrow_reader(
         batch_rows
     )
