@@ -275,11 +275,9 @@ def _refresh_marts(con, cfg: Config, summary: RunSummary, progress, full_refresh
         summary.stage_seconds["sessionise"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        progress.update("journeys", 1, 1, summary.n_read)
-        journey_steps, journey_sessions = store.read_journeys(
-            con, exclude_bots=cfg.bots.exclude_from_journeys
+        store.replace_journey_marts(
+            con, journey_marts(_journey_pieces(con, cfg, summary, progress))
         )
-        store.replace_journey_marts(con, journey_marts(journey_steps, journey_sessions))
         summary.stage_seconds["journeys"] = time.perf_counter() - t0
     # Nothing new (a day loaded again): the marts already hold the answer.
 
@@ -310,7 +308,8 @@ def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, i
     store.delete_sessions(con, refresh_only=incremental)
     n_persons = 0
     for part in range(n_parts):
-        progress.event("partition_started", part=part + 1, n_parts=n_parts)
+        progress.update("sessionise", part, n_parts, summary.n_read)
+        progress.event("partition_started", stage="sessionise", part=part + 1, n_parts=n_parts)
         events = store.read_events(
             con, refresh_only=incremental, part=part if n_parts > 1 else None
         )
@@ -354,29 +353,33 @@ def map_journeys(
     return sessions, steps, journey_steps
 
 
-def journey_marts(
-    journey_steps: pl.DataFrame, journey_sessions: pl.DataFrame
-) -> dict[str, pl.DataFrame]:
-    """Transitions, graph metrics, paths and blockers over every stored journey."""
-    edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy()).collect()
-    transitions = journeys.count_transitions(edges.lazy()).collect()
-    metrics = graph.touchpoint_metrics(graph.build_transition_graph(transitions))
-    stages = journey_steps.group_by("touchpoint").agg(stage=pl.col("stage").first())
-    exits = journeys.touchpoint_exit_rates(journey_steps.lazy(), journey_sessions.lazy()).collect()
+def _journey_pieces(con, cfg: Config, summary: RunSummary, progress) -> journeys.MartPieces:
+    """The mart pieces of every stored journey, read at most about `sessions.partition_events`
+    journey steps at a time: a session's contribution to every mart is its own, so partitions
+    of whole sessions (by a hash of the session id) add up to the whole."""
+    n_steps = store.count_journey_steps(con)
+    n_parts = max(1, -(-n_steps // cfg.sessions.partition_events))
+    pieces = []
+    for part in range(n_parts):
+        progress.update("journeys", part, n_parts, summary.n_read)
+        progress.event("partition_started", stage="journeys", part=part + 1, n_parts=n_parts)
+        steps, sessions = store.read_journeys(
+            con, exclude_bots=cfg.bots.exclude_from_journeys, part=part, n_parts=n_parts
+        )
+        pieces.append(journeys.mart_pieces(steps, sessions))
+    return journeys.merge_pieces(pieces)
+
+
+def journey_marts(pieces: journeys.MartPieces) -> dict[str, pl.DataFrame]:
+    """Transitions, graph metrics, paths and blockers from the pieces of every journey."""
+    marts = journeys.journey_marts(pieces)
+    metrics = graph.touchpoint_metrics(graph.build_transition_graph(marts["transitions"]))
     metrics = (
         metrics.rename({"exit_rate": "exit_rate_per_visit"})
-        .join(stages, on="touchpoint", how="left")
-        .join(exits, on="touchpoint", how="left")
+        .join(marts.pop("stages"), on="touchpoint", how="left")
+        .join(marts.pop("exit_rates"), on="touchpoint", how="left")
     )
-    paths = journeys.session_paths(journey_steps.lazy(), journey_sessions.lazy())
-    return {
-        "transitions": transitions,
-        "transitions_by_segment": journeys.transitions_by_segment(edges.lazy()).collect(),
-        "touchpoints": metrics,
-        "paths": journeys.top_paths(paths).collect(),
-        "path_lengths": journeys.path_lengths(paths).collect(),
-        "blockers": journeys.find_blockers(journey_steps.lazy(), journey_sessions.lazy()),
-    }
+    return {**marts, "touchpoints": metrics}
 
 
 # ---------------------------------------------------------------------------------- CLI

@@ -12,10 +12,13 @@ first conversion (order status, returns, questions) are the service phase: they 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import polars as pl
 
 from pipeline.graph import CONVERSION, EXIT, START, wilson_bounds
 from pipeline.schemas import JOURNEY_STEPS
+from pipeline.sessionize import in_seconds
 
 SEGMENT_DIMENSIONS = ("device", "browser", "os", "channel", "device_browser")
 PATH_SEPARATOR = " > "
@@ -122,7 +125,7 @@ def journey_edges(
         "position",
         pl.col("from_touchpoint").fill_null(START),
         to_touchpoint="touchpoint",
-        seconds=(pl.col("entered_at") - pl.col("from_entered")).dt.total_microseconds() / 1e6,
+        seconds=in_seconds(pl.col("entered_at") - pl.col("from_entered")),
     )
     is_last = _previous_in_session("session_id", -1).is_null()
     ends = (
@@ -186,24 +189,102 @@ def count_transitions(edges: pl.LazyFrame, by: str | None = None) -> pl.LazyFram
     )
 
 
+TRANSITION_SEGMENTS = {
+    "device": "device",
+    "browser": "browser",
+    "channel": "channel",
+    "date": "session_date",
+}
+TRANSITION_COLUMNS = ["from_touchpoint", "to_touchpoint"]
+
+
 def transitions_by_segment(edges: pl.LazyFrame) -> pl.LazyFrame:
     """Transition counts broken down by device, browser, channel and date, stacked:
     segment_type, segment_value, from_touchpoint, to_touchpoint, n_transitions, n_sessions,
     median_seconds."""
-    blocks = []
-    for dim in ("device", "browser", "channel", "session_date"):
+    counts, seconds = _transition_pieces(edges.collect())
+    return _transitions_by_segment(counts, seconds).lazy()
+
+
+def _transition_pieces(edges: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(counts, seconds) of `journey_edges` with segments: transitions and sessions per
+    transition, overall (segment_type "all") and per segment; and the seconds of every edge
+    between two real steps with its segments, the values the medians are taken over."""
+    blocks = [
+        edges.group_by(TRANSITION_COLUMNS)
+        .agg(_transition_totals())
+        .select(
+            pl.lit("all").alias("segment_type"),
+            pl.lit(None, pl.String).alias("segment_value"),
+            *_TRANSITION_COUNTS,
+        )
+    ]
+    for segment_type, column in TRANSITION_SEGMENTS.items():
         blocks.append(
-            count_transitions(edges, by=dim).select(
-                pl.lit("date" if dim == "session_date" else dim).alias("segment_type"),
-                pl.col(dim).cast(pl.String).alias("segment_value"),
-                "from_touchpoint",
-                "to_touchpoint",
-                "n_transitions",
-                "n_sessions",
-                "median_seconds",
+            edges.group_by(column, *TRANSITION_COLUMNS)
+            .agg(_transition_totals())
+            .select(
+                pl.lit(segment_type).alias("segment_type"),
+                pl.col(column).cast(pl.String).alias("segment_value"),
+                *_TRANSITION_COUNTS,
             )
         )
-    return pl.concat(blocks)
+    seconds = edges.filter(pl.col("seconds").is_not_null()).select(
+        *[pl.col(c).cast(pl.Categorical) for c in TRANSITION_COLUMNS],
+        *TRANSITION_SEGMENTS.values(),
+        "seconds",
+    )
+    return pl.concat(blocks), seconds
+
+
+_TRANSITION_COUNTS = [*TRANSITION_COLUMNS, "n_transitions", "n_sessions"]
+
+
+def _transition_totals() -> list[pl.Expr]:
+    # Sessions are counted per transition and partition: a session lies in one partition,
+    # so the counts of partitions add up.
+    return [
+        pl.len().cast(pl.Int64).alias("n_transitions"),
+        pl.col("session_id").n_unique().cast(pl.Int64).alias("n_sessions"),
+    ]
+
+
+def _with_median_seconds(counts: pl.DataFrame, seconds: pl.DataFrame, by: str | None):
+    keys = TRANSITION_COLUMNS if by is None else [by, *TRANSITION_COLUMNS]
+    medians = seconds.group_by(keys).agg(median_seconds=pl.col("seconds").median())
+    medians = medians.with_columns(pl.col(k).cast(pl.String) for k in keys)
+    if by is not None:
+        medians = medians.rename({by: "segment_value"})
+    on = TRANSITION_COLUMNS if by is None else ["segment_value", *TRANSITION_COLUMNS]
+    return counts.join(medians, on=on, how="left", nulls_equal=True)
+
+
+def _transitions(counts: pl.DataFrame, seconds: pl.DataFrame) -> pl.DataFrame:
+    """The transitions mart: what `count_transitions` gives for the edges behind the pieces."""
+    overall = counts.filter(pl.col("segment_type") == "all").select(_TRANSITION_COUNTS)
+    return (
+        _with_median_seconds(overall, seconds, None)
+        .sort("n_transitions", "from_touchpoint", "to_touchpoint", descending=[True, False, False])
+        .select(*_TRANSITION_COUNTS, "median_seconds")
+    )
+
+
+def _transitions_by_segment(counts: pl.DataFrame, seconds: pl.DataFrame) -> pl.DataFrame:
+    blocks = []
+    for segment_type, column in TRANSITION_SEGMENTS.items():
+        block = counts.filter(pl.col("segment_type") == segment_type)
+        blocks.append(
+            _with_median_seconds(block, seconds, column).sort(
+                "segment_value",
+                "n_transitions",
+                "from_touchpoint",
+                "to_touchpoint",
+                descending=[False, True, False, False],
+            )
+        )
+    return pl.concat(blocks).select(
+        "segment_type", "segment_value", *_TRANSITION_COUNTS, "median_seconds"
+    )
 
 
 def touchpoint_reach(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
@@ -235,14 +316,80 @@ def touchpoint_reach(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.
 def touchpoint_exit_rates(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
     """Per touchpoint, by session (DESIGN's definition): n_sessions reaching it,
     n_exit_sessions (whose journey ends there without converting) and exit_rate."""
-    return (
+    reach, _ = _reach_pieces(journey_steps, sessions)
+    return _exit_rates(reach).lazy()
+
+
+def _reach_pieces(
+    journey_steps: pl.LazyFrame, sessions: pl.LazyFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(reach, mid_reach): sessions reaching each touchpoint and how many of them convert
+    (conv), hit a 5xx there (err), exit there (exits), or convert after continuing
+    (cont_conv); per touchpoint (dimension "all") and per touchpoint and segment value. And
+    the same counts of sessions first reaching a touchpoint mid-journey (not on landing)."""
+    reach = (
         touchpoint_reach(journey_steps, sessions)
+        .join(session_segments(sessions), on="session_id")
+        .collect()
+    )
+    blocks = [
+        reach.group_by("touchpoint")
+        .agg(_REACH_COUNTS)
+        .select(
+            pl.lit("all").alias("dimension"),
+            pl.lit(None, pl.String).alias("value"),
+            *_REACH_COLUMNS,
+        )
+    ]
+    for dim in SEGMENT_DIMENSIONS:
+        value = pl.col(dim).cast(pl.String).fill_null("unknown").alias("value")
+        blocks.append(
+            reach.group_by("touchpoint", value)
+            .agg(_REACH_COUNTS)
+            .select(pl.lit(dim).alias("dimension"), "value", *_REACH_COLUMNS)
+        )
+    mid = (
+        reach.filter(pl.col("first_position") > 1)
         .group_by("touchpoint")
         .agg(
-            n_sessions=pl.len().cast(pl.Int64),
-            n_exit_sessions=pl.col("exited_here").sum().cast(pl.Int64),
+            n=pl.len().cast(pl.Int64),
+            exits=pl.col("exited_here").sum().cast(pl.Int64),
+            conv=pl.col("is_converted").sum().cast(pl.Int64),
         )
-        .with_columns(exit_rate=pl.col("n_exit_sessions") / pl.col("n_sessions"))
+    )
+    return pl.concat(blocks), mid
+
+
+_REACH_COUNTS = [
+    pl.len().cast(pl.Int64).alias("n"),
+    pl.col("is_converted").sum().cast(pl.Int64).alias("conv"),
+    pl.col("has_error").sum().cast(pl.Int64).alias("err"),
+    pl.col("exited_here").sum().cast(pl.Int64).alias("exits"),
+    (~pl.col("exited_here") & pl.col("is_converted")).sum().cast(pl.Int64).alias("cont_conv"),
+]
+_REACH_COLUMNS = ["touchpoint", "n", "conv", "err", "exits", "cont_conv"]
+
+
+def _exit_rates(reach: pl.DataFrame) -> pl.DataFrame:
+    return reach.filter(pl.col("dimension") == "all").select(
+        "touchpoint",
+        n_sessions="n",
+        n_exit_sessions="exits",
+        exit_rate=pl.col("exits") / pl.col("n"),
+    )
+
+
+def _stage_counts(journey_steps: pl.LazyFrame) -> pl.DataFrame:
+    return (
+        journey_steps.group_by("touchpoint", "stage").agg(n_steps=pl.len().cast(pl.Int64)).collect()
+    )
+
+
+def _touchpoint_stage(stage_counts: pl.DataFrame) -> pl.DataFrame:
+    return (
+        stage_counts.sort("n_steps", "stage", descending=[True, False], nulls_last=True)
+        .unique(subset="touchpoint", keep="first", maintain_order=True)
+        .select("touchpoint", "stage")
     )
 
 
@@ -276,8 +423,7 @@ def session_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.Laz
         outcome=pl.when(pl.col("is_converted"))
         .then(pl.lit("converted"))
         .otherwise(pl.lit("abandoned")),
-        seconds_to_convert=(pl.col("converted_at") - pl.col("first_at")).dt.total_microseconds()
-        / 1e6,
+        seconds_to_convert=in_seconds(pl.col("converted_at") - pl.col("first_at")),
     )
 
 
@@ -287,14 +433,36 @@ def top_paths(paths: pl.LazyFrame, top: int = 50) -> pl.LazyFrame:
     Columns: outcome, variant (exact | folded), rank, path, n_sessions, share (of the
     outcome's journeys), median_steps, median_seconds_to_convert.
     """
+    return _top_paths(_path_counts(paths), top).lazy()
+
+
+def _path_counts(paths: pl.LazyFrame) -> pl.DataFrame:
+    """Sessions per (outcome, path, folded path, steps, seconds to convert): abandoned
+    journeys collapse to one row per path; converted ones keep their seconds, the values the
+    median is taken over."""
+    return (
+        paths.group_by("outcome", "path", "path_folded", "n_steps", "seconds_to_convert")
+        .agg(n=pl.len().cast(pl.Int64))
+        .collect()
+    )
+
+
+def _top_paths(path_counts: pl.DataFrame, top: int) -> pl.DataFrame:
     blocks = []
     for variant, column in (("exact", "path"), ("folded", "path_folded")):
         counted = (
-            paths.group_by("outcome", column)
+            path_counts.group_by("outcome", column)
             .agg(
-                n_sessions=pl.len().cast(pl.Int64),
-                median_steps=pl.col("n_steps").median(),
-                median_seconds_to_convert=pl.col("seconds_to_convert").median(),
+                n_sessions=pl.col("n").sum(),
+                # Each row stands for n sessions: the median of the values repeated n times.
+                median_steps=pl.col("n_steps")
+                .repeat_by("n")
+                .list.explode(keep_nulls=False, empty_as_null=False)
+                .median(),
+                median_seconds_to_convert=pl.col("seconds_to_convert")
+                .repeat_by("n")
+                .list.explode(keep_nulls=False, empty_as_null=False)
+                .median(),
             )
             .with_columns(share=pl.col("n_sessions") / pl.col("n_sessions").sum().over("outcome"))
             .sort("outcome", "n_sessions", column, descending=[False, True, False])
@@ -317,9 +485,13 @@ def top_paths(paths: pl.LazyFrame, top: int = 50) -> pl.LazyFrame:
 
 def path_lengths(paths: pl.LazyFrame) -> pl.LazyFrame:
     """Distribution of journey length by outcome: outcome, n_steps, n_sessions, share."""
+    return _path_lengths(_path_counts(paths)).lazy()
+
+
+def _path_lengths(path_counts: pl.DataFrame) -> pl.DataFrame:
     return (
-        paths.group_by("outcome", "n_steps")
-        .agg(n_sessions=pl.len().cast(pl.Int64))
+        path_counts.group_by("outcome", "n_steps")
+        .agg(n_sessions=pl.col("n").sum())
         .with_columns(share=pl.col("n_sessions") / pl.col("n_sessions").sum().over("outcome"))
         .sort("outcome", "n_steps")
     )
@@ -366,24 +538,27 @@ def find_blockers(
       of the rest that converts after continuing past it.
     - **loop**: sessions bouncing between two touchpoints (A > B > A, at least twice)
       convert less than sessions that visit both without bouncing.
-    - **dead_end**: an orientation or purchase touchpoint reached mid-journey where at least 70 % of the sessions
-      end, and at least twice the usual exit rate of its stage; lost = the excess
-      exits x the stage's conversion rate.
+    - **dead_end**: an orientation or purchase touchpoint reached mid-journey where at least
+      70 % of the sessions end, and at least twice the usual exit rate of its stage; lost =
+      the excess exits x the stage's conversion rate.
 
     Rates are Wilson 95 % bounds taken on the cautious side (the reference's lower bound
     minus the segment's upper bound), so `lost_conversions` is unlikely to overstate a
     problem and small, noisy segments sink. One row per touchpoint and kind: the segment
     where it is worst.
     """
-    reach = (
-        touchpoint_reach(journey_steps, sessions)
-        .join(session_segments(sessions), on="session_id")
-        .collect()
+    reach, mid_reach = _reach_pieces(journey_steps, sessions)
+    loops, visits = _loop_pieces(journey_steps, sessions)
+    return _blockers(
+        reach, mid_reach, _stage_counts(journey_steps), loops, visits, min_sessions, top
     )
+
+
+def _blockers(reach, mid_reach, stage_counts, loops, visits, min_sessions, top) -> pl.DataFrame:
     candidates = [
         _segment_blockers(reach, min_sessions),
-        _loop_blockers(journey_steps, sessions, min_sessions),
-        _dead_end_blockers(journey_steps, reach, min_sessions),
+        _loop_blockers(loops, visits, min_sessions),
+        _dead_end_blockers(mid_reach, _touchpoint_stage(stage_counts), min_sessions),
     ]
     found = [c for c in candidates if c.height]
     if not found:  # too few sessions to judge anything
@@ -413,30 +588,16 @@ def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
     the rest that converts after continuing past T. Comparing conversion after reaching T
     instead would blame every page upstream of a failing checkout step for its losses.
     """
-    totals = reach.group_by("touchpoint").agg(
-        n_all=pl.len(),
-        conv_all=pl.col("is_converted").sum(),
-        err_all=pl.col("has_error").sum(),
-        exit_all=pl.col("exited_here").sum(),
-        cont_conv_all=(~pl.col("exited_here") & pl.col("is_converted")).sum(),
+    totals = reach.filter(pl.col("dimension") == "all").select(
+        "touchpoint",
+        n_all="n",
+        conv_all="conv",
+        err_all="err",
+        exit_all="exits",
+        cont_conv_all="cont_conv",
     )
-    blocks = []
-    for dim in SEGMENT_DIMENSIONS:
-        blocks.append(
-            reach.group_by(
-                "touchpoint", pl.col(dim).cast(pl.String).fill_null("unknown").alias("value")
-            )
-            .agg(
-                n=pl.len(),
-                conv=pl.col("is_converted").sum(),
-                err=pl.col("has_error").sum(),
-                exits=pl.col("exited_here").sum(),
-                cont_conv=(~pl.col("exited_here") & pl.col("is_converted")).sum(),
-            )
-            .with_columns(dimension=pl.lit(dim))
-        )
     seg = (
-        pl.concat(blocks)
+        reach.filter(pl.col("dimension") != "all")
         .join(totals, on="touchpoint")
         .with_columns(
             n_rest=pl.col("n_all") - pl.col("n"),
@@ -496,12 +657,17 @@ def _segment_blockers(reach: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
     )
 
 
-def _loop_blockers(
-    journey_steps: pl.LazyFrame, sessions: pl.LazyFrame, min_sessions: int
-) -> pl.DataFrame:
+def _loop_pieces(
+    journey_steps: pl.LazyFrame, sessions: pl.LazyFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(loops, visits): per pair (a, b), the sessions bouncing between a and b at least twice
+    (n) and how many convert (conv); and per set of touchpoints visited, the sessions that
+    visited exactly that set and how many convert. Which pairs loop is known only once every
+    partition is counted: the visit sets, a few thousand, keep "visited both" countable."""
     ordered = in_session_order(
         journey_steps.select("session_id", "position", "touchpoint").collect(), "position"
     ).lazy()
+    outcome = sessions.select("session_id", "is_converted")
     bounces = (
         ordered.with_columns(
             nxt=_previous_in_session("touchpoint", -1),
@@ -514,26 +680,49 @@ def _loop_blockers(
         .group_by("session_id", "a", "b")
         .agg(n_bounces=pl.len())
     )
-    looping = bounces.filter(pl.col("n_bounces") >= 2).select("session_id", "a", "b")
-    visited = ordered.select("session_id", "touchpoint").unique()
-    pairs = looping.select("a", "b").unique()
+    loops = (
+        bounces.filter(pl.col("n_bounces") >= 2)
+        .join(outcome, on="session_id")
+        .group_by("a", "b")
+        .agg(_OUTCOME_COUNTS)
+    )
+    visits = (
+        ordered.select("session_id", "touchpoint")
+        .unique()
+        .group_by("session_id")
+        .agg(touchpoints=pl.col("touchpoint").sort())
+        .join(outcome, on="session_id")
+        .group_by("touchpoints")
+        .agg(_OUTCOME_COUNTS)
+    )
+    return loops.collect(), visits.collect()
+
+
+_OUTCOME_COUNTS = [
+    pl.len().cast(pl.Int64).alias("n"),
+    pl.col("is_converted").sum().cast(pl.Int64).alias("conv"),
+]
+
+
+def _loop_blockers(loops: pl.DataFrame, visits: pl.DataFrame, min_sessions: int) -> pl.DataFrame:
+    members = visits.with_row_index("visit_set").explode("touchpoints")
     # Sessions that visited both touchpoints of a looping pair, looping or not.
     both = (
-        pairs.join(visited, left_on="a", right_on="touchpoint")
-        .join(visited, left_on=["b", "session_id"], right_on=["touchpoint", "session_id"])
-        .join(looping.with_columns(loops=pl.lit(True)), on=["session_id", "a", "b"], how="left")
-        .join(sessions.select("session_id", "is_converted"), on="session_id")
-        .with_columns(loops=pl.col("loops").fill_null(False))
+        loops.select("a", "b")
+        .join(members, left_on="a", right_on="touchpoints")
+        .join(
+            members.select("visit_set", "touchpoints"),
+            left_on=["b", "visit_set"],
+            right_on=["touchpoints", "visit_set"],
+        )
+        .group_by("a", "b")
+        .agg(n_both=pl.col("n").sum(), conv_both=pl.col("conv").sum())
     )
     stats = (
-        both.group_by("a", "b")
-        .agg(
-            n=pl.col("loops").sum(),
-            conv=(pl.col("loops") & pl.col("is_converted")).sum(),
-            n_rest=(~pl.col("loops")).sum(),
-            conv_rest=(~pl.col("loops") & pl.col("is_converted")).sum(),
+        loops.join(both, on=["a", "b"])
+        .with_columns(
+            n_rest=pl.col("n_both") - pl.col("n"), conv_rest=pl.col("conv_both") - pl.col("conv")
         )
-        .collect()
         .filter((pl.col("n") >= min_sessions) & (pl.col("n_rest") >= min_sessions))
     )
     _, loop_high = wilson_bounds(pl.col("conv"), pl.col("n"))
@@ -561,20 +750,15 @@ def _loop_blockers(
 
 
 def _dead_end_blockers(
-    journey_steps: pl.LazyFrame, reach: pl.DataFrame, min_sessions: int
+    mid_reach: pl.DataFrame, stages: pl.DataFrame, min_sessions: int
 ) -> pl.DataFrame:
-    # Landing pages are left out: a bounce on arrival is a different phenomenon.
-    stage = journey_steps.select("touchpoint", "stage").unique(subset="touchpoint").collect()
+    # Landing pages are left out (`mid_reach`): a bounce on arrival is a different phenomenon.
     # Service pages (returns, contact) end visits by nature: they are not conversion dead ends.
-    mid = (
-        reach.filter(pl.col("first_position") > 1)
-        .join(stage, on="touchpoint")
+    judged = (
+        mid_reach.join(stages, on="touchpoint")
         .filter(pl.col("stage") != SERVICE_STAGE)
+        .filter(pl.col("n") >= min_sessions)
     )
-    per_touchpoint = mid.group_by("touchpoint", "stage").agg(
-        n=pl.len(), exits=pl.col("exited_here").sum(), conv=pl.col("is_converted").sum()
-    )
-    judged = per_touchpoint.filter(pl.col("n") >= min_sessions)
     # The reference is the stage's *other* pages: counting a dead end in its own median would
     # raise the bar it must clear (in a two-page stage, to twice the mean of both: unreachable).
     others = judged.select(
@@ -617,3 +801,98 @@ def _dead_end_blockers(
             ),
         )
     )
+
+
+# ------------------------------------------------------------ marts, partition by partition
+
+
+@dataclass(frozen=True)
+class MartPieces:
+    """What the journey marts need from some sessions, in pieces that add up: the pieces of
+    disjoint sets of whole sessions merge (`merge_pieces`) into the pieces of their union, so
+    marts built partition by partition (`journey_marts`) equal marts built in one pass.
+
+    Counts add up. Medians do not: `transition_seconds` and the converted rows of `paths`
+    keep the values themselves (one per transition between two real steps, one per converted
+    session), a fraction of the steps that is held as numbers and categorical codes.
+    """
+
+    transitions: pl.DataFrame
+    transition_seconds: pl.DataFrame
+    reach: pl.DataFrame
+    mid_reach: pl.DataFrame
+    stages: pl.DataFrame
+    loops: pl.DataFrame
+    visits: pl.DataFrame
+    paths: pl.DataFrame
+
+
+# The key columns of each piece: merged pieces sum everything else per key. None: values,
+# concatenated.
+_PIECE_KEYS: dict[str, list[str] | None] = {
+    "transitions": ["segment_type", "segment_value", *TRANSITION_COLUMNS],
+    "transition_seconds": None,
+    "reach": ["dimension", "value", "touchpoint"],
+    "mid_reach": ["touchpoint"],
+    "stages": ["touchpoint", "stage"],
+    "loops": ["a", "b"],
+    "visits": ["touchpoints"],
+    "paths": ["outcome", "path", "path_folded", "n_steps", "seconds_to_convert"],
+}
+
+
+def mart_pieces(journey_steps: pl.DataFrame, sessions: pl.DataFrame) -> MartPieces:
+    """The pieces of the journey marts over these journey steps and their sessions (whole
+    sessions: a session's steps must not be split between two calls)."""
+    steps, outcome = journey_steps.lazy(), sessions.lazy()
+    transitions, seconds = _transition_pieces(journey_edges(steps, outcome).collect())
+    reach, mid_reach = _reach_pieces(steps, outcome)
+    loops, visits = _loop_pieces(steps, outcome)
+    return MartPieces(
+        transitions=transitions,
+        transition_seconds=seconds,
+        reach=reach,
+        mid_reach=mid_reach,
+        stages=_stage_counts(steps),
+        loops=loops,
+        visits=visits,
+        paths=_path_counts(session_paths(steps, outcome)),
+    )
+
+
+def merge_pieces(pieces: list[MartPieces]) -> MartPieces:
+    """The pieces of the union of the pieces' (disjoint) session sets."""
+    if len(pieces) == 1:
+        return pieces[0]
+    merged = {}
+    for name, keys in _PIECE_KEYS.items():
+        frame = pl.concat([getattr(p, name) for p in pieces])
+        if keys is not None:
+            columns = frame.columns
+            frame = frame.group_by(keys).agg(pl.exclude(keys).sum()).select(columns)
+        merged[name] = frame
+    return MartPieces(**merged)
+
+
+def journey_marts(pieces: MartPieces) -> dict[str, pl.DataFrame]:
+    """Every journey mart but the graph metrics: transitions, transitions_by_segment, paths,
+    path_lengths, blockers, and (for the touchpoints mart) exit_rates and stages."""
+    return {
+        "transitions": _transitions(pieces.transitions, pieces.transition_seconds),
+        "transitions_by_segment": _transitions_by_segment(
+            pieces.transitions, pieces.transition_seconds
+        ),
+        "paths": _top_paths(pieces.paths, top=50),
+        "path_lengths": _path_lengths(pieces.paths),
+        "blockers": _blockers(
+            pieces.reach,
+            pieces.mid_reach,
+            pieces.stages,
+            pieces.loops,
+            pieces.visits,
+            min_sessions=20,
+            top=50,
+        ),
+        "exit_rates": _exit_rates(pieces.reach),
+        "stages": _touchpoint_stage(pieces.stages),
+    }

@@ -316,7 +316,7 @@ def summarise_sessions(steps: pl.LazyFrame) -> pl.LazyFrame:
         .join(agents.lazy(), on="user_agent", how="left", nulls_equal=True)
         .with_columns(
             user_id=pl.coalesce("user_id", "stitched_user_id"),
-            duration_in_s=(pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds() / 1e6,
+            duration_in_s=in_seconds(pl.col("ended_at") - pl.col("started_at")),
             channel=classify_channel(),
         )
         .sort("started_at", "session_id")
@@ -425,3 +425,13 @@ def _device_class(ua: str, device_family: str | None, os_family: str | None) -> 
     ):
         return "desktop"
     return "other"
+
+
+def in_seconds(duration: pl.Expr) -> pl.Expr:
+    """A duration in seconds, the same bits however the rows are partitioned.
+
+    Polars divides a column by a constant as a multiplication by its reciprocal, but a
+    one-row frame by true division: `/ 1e6` could differ in the last bit between a one-pass
+    run and a partitioned one. A multiplication is the same everywhere.
+    """
+    return duration.dt.total_microseconds() * 1e-6

@@ -608,22 +608,38 @@ def insert_sessions(
         con.unregister(f"new_{name}")
 
 
-def read_journeys(
-    con: duckdb.DuckDBPyConnection, *, exclude_bots: bool
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(journey_steps, journey sessions) of every stored journey, in key order.
+def count_journey_steps(con: duckdb.DuckDBPyConnection) -> int:
+    return _scalar(con, "select count(*) from marts.journey_steps")
 
-    The order is fixed so that every aggregate comes out bit for bit the same whichever
-    runs built the rows (floating-point sums depend on the order they add up in).
-    """
+
+def read_journeys(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    exclude_bots: bool,
+    part: int = 0,
+    n_parts: int = 1,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(journey_steps, journey sessions) of the stored journeys, in session and step order:
+    all of them, or the sessions whose id hashes to `part` of `n_parts`."""
+    where = ["hash(session_id) % $n_parts = $part"] if n_parts > 1 else []
+    params = {"part": part, "n_parts": n_parts} if n_parts > 1 else None
     sessions = query(
         con,
         "select * from marts.sessions"
-        + (" where not is_bot" if exclude_bots else "")
+        + _where([*where, "not is_bot"] if exclude_bots else where)
         + " order by session_id",
+        params,
     )
-    steps = query(con, "select * from marts.journey_steps order by session_id, position")
+    steps = query(
+        con,
+        "select * from marts.journey_steps" + _where(where) + " order by session_id, position",
+        params,
+    )
     return steps, sessions
+
+
+def _where(conditions: list[str]) -> str:
+    return f" where {' and '.join(conditions)}" if conditions else ""
 
 
 def mart_counts(con: duckdb.DuckDBPyConnection, *, exclude_bots: bool) -> dict[str, int]:
@@ -818,7 +834,9 @@ def _scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None
     return rows[0][0] if rows else None
 
 
-def query(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pl.DataFrame:
+def query(
+    con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None
+) -> pl.DataFrame:
     """Run a read query and hand back a Polars frame (no DuckDB object leaves this module)."""
     return pl.from_arrow(con.sql(sql, params=params).to_arrow_table())
 

@@ -844,3 +844,84 @@ def test_edges_without_segments_are_the_same_edges():
         journeys.count_transitions(plain.lazy()).collect(),
         journeys.count_transitions(with_segments.lazy()).collect(),
     )
+
+
+# ------------------------------------------------------------ marts, partition by partition
+
+
+def split(frame: pl.DataFrame, part_of: dict[str, int], part: int) -> pl.DataFrame:
+    ids = [s for s, p in part_of.items() if p == part]
+    return frame.filter(pl.col("session_id").is_in(pl.Series(ids, dtype=pl.String).implode()))
+
+
+def assert_same_marts(got: dict[str, pl.DataFrame], expected: dict[str, pl.DataFrame]) -> None:
+    assert got.keys() == expected.keys()
+    for name, frame in expected.items():
+        # exit_rates and stages are keyed tables without an order of their own.
+        if name in ("exit_rates", "stages"):
+            frame, got[name] = frame.sort("touchpoint"), got[name].sort("touchpoint")
+        try:
+            assert_frame_equal(got[name], frame, check_exact=True)
+        except AssertionError as err:
+            raise AssertionError(f"mart {name}: {err}") from err
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_parts=st.integers(min_value=1, max_value=5),
+    assignment=st.lists(st.integers(min_value=0, max_value=4), min_size=1000, max_size=1000),
+)
+def test_marts_of_any_split_of_the_sessions_equal_the_marts_of_one_pass(n_parts, assignment):
+    """A session's contribution to every mart is its own: whichever way the sessions are dealt
+    into partitions (some maybe empty), the merged pieces give exactly the one-pass marts,
+    blockers of all three kinds included."""
+    all_steps, all_sessions = population(
+        *FIREFOX_PAYMENT_FAILS, *CART_SHIPPING_LOOP, *browse("search", 4, 16),
+        *browse("compare", 18, 2),
+    )  # fmt: skip
+    steps_, sessions_ = all_steps.collect(), all_sessions.collect()
+    part_of = {
+        s: assignment[i % len(assignment)] % n_parts for i, s in enumerate(sessions_["session_id"])
+    }
+    expected = journeys.journey_marts(journeys.mart_pieces(steps_, sessions_))
+    assert set(expected["blockers"]["kind"]) == {"error", "loop", "dead_end"}
+    pieces = [
+        journeys.mart_pieces(split(steps_, part_of, p), split(sessions_, part_of, p))
+        for p in range(n_parts)
+    ]
+    assert_same_marts(journeys.journey_marts(journeys.merge_pieces(pieces)), expected)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=random_journeys,
+    gaps=st.lists(st.integers(min_value=1, max_value=10_000), min_size=60, max_size=60),
+    n_parts=st.integers(min_value=1, max_value=4),
+)
+def test_merged_transition_medians_are_the_medians_of_all_edges(specs, gaps, n_parts):
+    """The transitions mart from pieces equals `count_transitions` over every edge (the
+    definition), medians of uneven gaps (milliseconds apart) included, however the sessions
+    are split."""
+    rows, outcomes, t = [], [], 0.0
+    for i, (pages, converts, service) in enumerate(specs):
+        path = pages + ([CONVERTS_AT, *service] if converts else [])
+        for k, page in enumerate(path):
+            t += gaps[(i * 7 + k) % len(gaps)] / 1000
+            rows.append(visit(f"s{i}", page, t))
+        outcomes.append({"session_id": f"s{i}", "is_converted": converts})
+    steps_ = journeys.collapse_repeats(steps(*rows)).collect()
+    sessions_ = sessions(*outcomes).collect()
+    edges = journeys.journey_edges(steps_.lazy(), sessions_.lazy())
+    expected = journeys.count_transitions(edges).collect()
+
+    part_of = {f"s{i}": i % n_parts for i in range(len(specs))}
+    pieces = [
+        journeys.mart_pieces(split(steps_, part_of, p), split(sessions_, part_of, p))
+        for p in range(n_parts)
+    ]
+    marts = journeys.journey_marts(journeys.merge_pieces(pieces))
+    assert_frame_equal(marts["transitions"], expected, check_exact=True)
+    by_date = marts["transitions_by_segment"].filter(pl.col("segment_type") == "date")
+    assert_frame_equal(
+        by_date.drop("segment_type", "segment_value"), expected, check_exact=True
+    )  # one day: the date block is the whole table
