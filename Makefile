@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DB     := data/out/journeymap.duckdb
 
-.PHONY: demo test lint bench bench-smoke clean venv
+.PHONY: demo test lint bench bench-smoke bench-scale clean venv
 
 # (Re)install when pyproject.toml changes; a half-made venv is rebuilt from scratch.
 $(STAMP): pyproject.toml
@@ -36,6 +36,11 @@ lint: $(STAMP)
 # journeymap vs DuckDB SQL and pandas baselines at 1M and 10M events; writes bench/results.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --events 1000000 --events 10000000
+
+# `journeymap run` at 10M and 100M events in one run (about half an hour): bounded memory and
+# linear time; writes bench/scale.json and the scale section of bench/results.md.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/run.py --scale 100000000
 
 # The same at 100k events: checks that the contenders agree, not how fast they are.
 bench-smoke: $(STAMP)

@@ -15,7 +15,12 @@ core results must agree exactly (event, session and transition counts, every ses
 transition); any disagreement prints the first differing rows and exits 1. Then the results
 go to bench/results.md (not with --smoke, which checks agreement only).
 
-Usage: python bench/run.py [--events N ...] [--smoke] [--cache DIR] [--results FILE]
+`--scale [N]` (`make bench-scale`) times only `journeymap run`, at 10M and at N (100M)
+events in one invocation, and records the figures in bench/scale.json and the scale section
+of bench/results.md (which `make bench` keeps).
+
+Usage: python bench/run.py [--events N ...] [--smoke] [--scale [N]] [--cache DIR]
+       [--results FILE]
 """
 
 from __future__ import annotations
@@ -57,6 +62,12 @@ TARGET_CORE_VS_DUCKDB = 2.0
 TARGET_CORE_VS_PANDAS = 5.0
 TARGET_PEAK_MB = 1.5 * 1024
 TARGET_LINES_PER_S = 1_000_000
+# Scale (`--scale`): the run at SCALE_SIZE against the run at TARGET_SIZE.
+SCALE_SIZE = 100_000_000
+TARGET_SCALE_PEAK_MB = 8 * 1024
+TARGET_SCALE_RATIO = 11.0
+SCALE_FILE = HERE / "scale.json"
+SCALE_HEADING = "## Scale"
 
 
 class BenchError(Exception):
@@ -247,14 +258,12 @@ def compare(outputs: dict[str, Path]) -> list[str]:
 # ----------------------------------------------------------------------------------- sizes
 
 
-def bench_size(cache: Path, n_events: int) -> SizeResult:
-    """Everything for one size; raises `BenchError` if anything fails or disagrees."""
+def time_run(cache: Path, n_events: int) -> tuple[Timing, dict[str, float], dict[str, int]]:
+    """`journeymap run` end to end on the generated Parquet export, in a fresh database:
+    its timing, its stage seconds and the sizes of what it built."""
     parquet_dir = cached_sample(cache, n_events, "parquet")
-    log = cached_sample(cache, n_events, "combined") / "access.log.gz"
-    work = cache / f"run-{n_events}"
-
     print(f"bench: {n_events:,} events: journeymap run (end to end) ...", flush=True)
-    db = fresh_database(work / "db" / "journeymap.duckdb")
+    db = fresh_database(cache / f"run-{n_events}" / "db" / "journeymap.duckdb")
     cmd = [sys.executable, "-m", "pipeline", "run", "--input", str(parquet_dir), "--quiet"]
     cmd += ["--config", str(parquet_dir / "journeymap.toml"), "--db", str(db)]
     wall, peak, _ = run_process(cmd, "journeymap run")
@@ -266,11 +275,30 @@ def bench_size(cache: Path, n_events: int) -> SizeResult:
         files = con.sql(
             "select source, n_read, n_accepted, n_duplicates, n_quarantined from raw.run_files"
         ).fetchall()
+        [sizes] = con.sql(
+            """
+            select
+                (select count(*) from raw.events),
+                (select count(*) from marts.sessions),
+                (select count(*) from marts.journey_steps),
+                (select sum(n_transitions) from marts.transitions),
+            """
+        ).fetchall()
     finally:
         con.close()
     if not all(r == a + d + q for _, r, a, d, q in files):
         raise BenchError(f"journeymap run: read != accepted + duplicates + quarantined: {files}")
-    end_to_end = Timing("journeymap run (end to end)", n_read, wall, peak)
+    built = dict(zip(("events", "sessions", "journey_steps", "transitions"), sizes, strict=True))
+    return Timing("journeymap run (end to end)", n_read, wall, peak), json.loads(stages), built
+
+
+def bench_size(cache: Path, n_events: int) -> SizeResult:
+    """Everything for one size; raises `BenchError` if anything fails or disagrees."""
+    log = cached_sample(cache, n_events, "combined") / "access.log.gz"
+    work = cache / f"run-{n_events}"
+
+    end_to_end, stages, _ = time_run(cache, n_events)
+    db = work / "db" / "journeymap.duckdb"
 
     events = export_core_events(db, cache / f"core-events-{n_events}.parquet")
     definitions = write_definitions(work / "definitions.json")
@@ -299,7 +327,7 @@ def bench_size(cache: Path, n_events: int) -> SizeResult:
     return SizeResult(
         n_events=n_events,
         end_to_end=end_to_end,
-        stage_seconds=json.loads(stages),
+        stage_seconds=stages,
         core=core,
         core_counts=counts,
         parse=parse,
@@ -505,6 +533,88 @@ def report(results: list[SizeResult], started: datetime, commit: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------- scale
+
+
+def bench_scale(cache: Path, n_events: int, started: datetime, commit: str) -> dict:
+    """`journeymap run` end to end at TARGET_SIZE and at `n_events`, in this one invocation."""
+    runs = []
+    for n in (TARGET_SIZE, n_events):
+        timing, stages, built = time_run(cache, n)
+        runs.append(
+            {
+                "n_events": n,
+                "n_read": timing.n_rows,
+                "wall_s": round(timing.wall_s, 2),
+                "peak_mb": round(timing.peak_mb),
+                "stage_seconds": stages,
+                "built": built,
+            }
+        )
+        print(f"bench: {n:,} events: {timing.wall_s:.1f} s, peak {timing.peak_mb:,.0f} MB")
+    return {"date": f"{started:%Y-%m-%d %H:%M} UTC", "commit": commit, "runs": runs}
+
+
+def scale_section(scale: dict | None) -> list[str]:
+    """The scale figures of the last `make bench-scale` (kept in bench/scale.json)."""
+    if scale is None:
+        return [SCALE_HEADING, "", "Not measured yet: run `make bench-scale`."]
+    small, large = scale["runs"]
+    ratio = large["wall_s"] / small["wall_s"]
+    lines = [
+        f"{SCALE_HEADING}: {large['n_events']:,} events",
+        "",
+        f"Measured by `make bench-scale` (`bench/run.py --scale`) on {scale['date']}, commit "
+        f"{scale['commit']}: `journeymap run` end to end, as above (the generator's Parquet "
+        "export into a fresh database), at both sizes in one invocation. Memory is bounded "
+        "by partitions: sessionise works on whole persons, the journey marts on whole "
+        "sessions, about `sessions.partition_events` (2,000,000) at a time; DuckDB is capped "
+        "at 3 GB and spills beyond it.",
+        "",
+        "| events | rows read | wall s | peak MB | rows/s | sessions | journey steps "
+        "| transitions |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in (small, large):
+        built = run["built"]
+        lines.append(
+            f"| {run['n_events']:,} | {run['n_read']:,} | {run['wall_s']:.1f} "
+            f"| {run['peak_mb']:,} | {run['n_read'] / run['wall_s']:,.0f} "
+            f"| {built['sessions']:,} | {built['journey_steps']:,} | {built['transitions']:,} |"
+        )
+    stage_names = list(dict.fromkeys(k for r in (small, large) for k in r["stage_seconds"]))
+    lines += [
+        "",
+        "| events | " + " | ".join(stage_names) + " |",
+        "|---:|" + "---:|" * len(stage_names),
+    ]
+    for run in (small, large):
+        cells = [f"{run['stage_seconds'].get(k, 0):.1f}" for k in stage_names]
+        lines.append(f"| {run['n_events']:,} | " + " | ".join(cells) + " |")
+    size_ratio = large["n_events"] / small["n_events"]
+    lines += [
+        "",
+        "| target | measured | |",
+        "|---|---:|---|",
+        f"| {large['n_events']:,} events complete with peak RSS ≤ {TARGET_SCALE_PEAK_MB:,} MB "
+        f"| {large['peak_mb']:,} MB | {_met(large['peak_mb'] <= TARGET_SCALE_PEAK_MB)} |",
+        f"| time({large['n_events']:,}) ÷ time({small['n_events']:,}) ≤ "
+        f"{TARGET_SCALE_RATIO:g} ({size_ratio:g}× the events) | {ratio:.2f} "
+        f"| {_met(ratio <= TARGET_SCALE_RATIO)} |",
+    ]
+    return lines
+
+
+def read_scale() -> dict | None:
+    return json.loads(SCALE_FILE.read_text()) if SCALE_FILE.exists() else None
+
+
+def with_scale_section(text: str, scale: dict | None) -> str:
+    """`text` (a results report) with its scale section replaced by `scale`'s."""
+    kept = text.split("\n" + SCALE_HEADING, 1)[0].rstrip("\n")
+    return kept + "\n\n" + "\n".join(scale_section(scale)) + "\n"
+
+
 # ------------------------------------------------------------------------------------ main
 
 
@@ -528,11 +638,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, default=HERE / "results.md", help="the report to write"
     )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="?",
+        const=SCALE_SIZE,
+        metavar="N",
+        help=f"only time `journeymap run` at {TARGET_SIZE:,} and N events (default "
+        f"{SCALE_SIZE:,}); record them in {SCALE_FILE.name} and the results' scale section",
+    )
     args = parser.parse_args(argv)
     sizes = args.events or ([SMOKE_SIZE] if args.smoke else list(DEFAULT_SIZES))
-    if any(n <= 0 for n in sizes):
-        parser.error("--events must be positive")
+    if any(n <= 0 for n in sizes) or (args.scale is not None and args.scale <= TARGET_SIZE):
+        parser.error(f"--events must be positive and --scale above {TARGET_SIZE:,}")
     started, commit = datetime.now(UTC), revision()
+    if args.scale is not None:
+        try:
+            scale = bench_scale(args.cache, args.scale, started, commit)
+        except BenchError as err:
+            print(f"bench: FAILED: {err}", file=sys.stderr)
+            return 1
+        SCALE_FILE.write_text(json.dumps(scale, indent=2) + "\n")
+        old = args.results.read_text() if args.results.exists() else "# journeymap benchmark\n"
+        args.results.write_text(with_scale_section(old, scale))
+        print("\n".join(scale_section(scale)))
+        print(f"bench: wrote {SCALE_FILE} and the scale section of {args.results}")
+        return 0
     results = []
     try:
         for n_events in sorted(set(sizes)):
@@ -544,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         print(f"bench: smoke ok: the core contenders agree at {', '.join(map(str, sizes))} events")
         return 0
-    text = report(results, started, commit)
+    text = with_scale_section(report(results, started, commit), read_scale())
     args.results.write_text(text)
     print(text)
     print(f"bench: wrote {args.results}")

@@ -201,3 +201,35 @@ def test_pipeline_never_imports_pandas():
         if re.search(r"^\s*(import|from)\s+pandas\b", path.read_text(), re.MULTILINE)
     ]
     assert importing == []
+
+
+def _scale(small_wall: float, large_wall: float, large_peak: int) -> dict:
+    def run(n: int, wall: float, peak: int) -> dict:
+        built = {"events": n, "sessions": n // 7, "journey_steps": n // 2, "transitions": n // 2}
+        stages = {"ingest": wall / 2, "journeys": wall / 2}
+        return {"n_events": n, "n_read": n, "wall_s": wall, "peak_mb": peak,
+                "stage_seconds": stages, "built": built}  # fmt: skip
+
+    runs = [run(10_000_000, small_wall, 2_000), run(100_000_000, large_wall, large_peak)]
+    return {"date": "2026-11-23 12:00 UTC", "commit": "abc1234", "runs": runs}
+
+
+def test_scale_section_judges_memory_and_linearity(bench_run):
+    """100 s at 10M and 1,050 s at 100M is 10.5× (≤ 11: met); 1,150 s is 11.5× (not met);
+    a peak of 8,193 MB is over 8 GiB."""
+    met = "\n".join(bench_run.scale_section(_scale(100.0, 1_050.0, 8_192)))
+    assert "| 10.50 | met |" in met and "| 8,192 MB | met |" in met
+    slow = "\n".join(bench_run.scale_section(_scale(100.0, 1_150.0, 8_193)))
+    assert "| 11.50 | **not met** |" in slow and "| 8,193 MB | **not met** |" in slow
+
+
+def test_a_new_scale_run_replaces_only_the_scale_section(bench_run):
+    """`make bench-scale` rewrites the scale section and keeps the report above it; `make
+    bench` keeps the recorded scale section under its new report."""
+    report = "# journeymap benchmark\n\n## Ratios\n\n| a | b |\n"
+    first = bench_run.with_scale_section(report, _scale(100.0, 1_050.0, 6_000))
+    second = bench_run.with_scale_section(first, _scale(100.0, 1_150.0, 6_000))
+    assert second.startswith(report)
+    assert second.count(bench_run.SCALE_HEADING) == 1
+    assert "| 11.50 |" in second and "| 10.50 |" not in second
+    assert "make bench-scale" in bench_run.with_scale_section(report, None)
