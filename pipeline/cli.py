@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import shutil
 import sys
 import time
 from collections import Counter
@@ -269,15 +270,17 @@ def _refresh_marts(con, cfg: Config, summary: RunSummary, progress, full_refresh
     if incremental:
         summary.n_persons_refreshed = store.scope_refresh(con, summary.run_id)
     if not incremental or summary.n_persons_refreshed:
-        n_persons = _sessionise_in_partitions(con, cfg, summary, progress, incremental)
+        n_persons, pieces = _sessionise_in_partitions(con, cfg, summary, progress, incremental)
         if not incremental:
             summary.n_persons_refreshed = n_persons
         summary.stage_seconds["sessionise"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        store.replace_journey_marts(
-            con, journey_marts(_journey_pieces(con, cfg, summary, progress))
-        )
+        progress.update("journeys", 0, 1, summary.n_read)
+        if incremental:
+            # The marts cover every stored journey, not only the refreshed ones.
+            pieces = _journey_pieces(con, cfg, summary, progress)
+        store.replace_journey_marts(con, journey_marts(pieces))
         summary.stage_seconds["journeys"] = time.perf_counter() - t0
     # Nothing new (a day loaded again): the marts already hold the answer.
 
@@ -294,7 +297,8 @@ def _refresh_marts(con, cfg: Config, summary: RunSummary, progress, full_refresh
 
 def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, incremental):
     """Replace the sessions in scope, sessionising at most about `sessions.partition_events`
-    events at a time; returns the number of persons sessionised.
+    events at a time; returns the number of persons sessionised and the journey mart pieces
+    of the new sessions (a full refresh needs no other: they are all the journeys).
 
     Partitions hold whole device groups, and so whole persons (`sessionize.device_groups`):
     stitching, bot flags and sessions come out as in one pass, with a fraction of the memory.
@@ -306,21 +310,53 @@ def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, i
         store.plan_partitions(con, groups, n_parts, refresh_only=incremental)
     persons = store.refresh_persons(con).implode() if incremental else None
     store.delete_sessions(con, refresh_only=incremental)
-    n_persons = 0
-    for part in range(n_parts):
-        progress.update("sessionise", part, n_parts, summary.n_read)
-        progress.event("partition_started", stage="sessionise", part=part + 1, n_parts=n_parts)
-        events = store.read_events(
+    n_persons, pieces = 0, []
+    with _partition_reader(con, n_parts, incremental) as read_partition:
+        for part in range(n_parts):
+            progress.update("sessionise", part, n_parts, summary.n_read)
+            progress.event("partition_started", stage="sessionise", part=part + 1, n_parts=n_parts)
+            sessions, steps = sessionize.sessionize(read_partition(part), cfg)
+            if incremental:
+                # Devices in scope may also belong to persons that need no refresh.
+                sessions = sessions.filter(pl.col("person_id").is_in(persons))
+                steps = steps.join(sessions.select("session_id"), on="session_id", how="semi")
+            n_persons += sessions["person_id"].n_unique()
+            sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
+            store.insert_sessions(con, sessions, steps, journey_steps)
+            if not incremental:
+                if cfg.bots.exclude_from_journeys:
+                    sessions = sessions.filter(~pl.col("is_bot"))
+                pieces = _add_piece(pieces, journeys.mart_pieces(journey_steps, sessions))
+    return n_persons, (None if incremental else journeys.merge_pieces(pieces))
+
+
+def _add_piece(pieces: list, piece: journeys.MartPieces) -> list:
+    # Merged every few partitions: the path counts of many partitions overlap.
+    pieces.append(piece)
+    return [journeys.merge_pieces(pieces)] if len(pieces) >= 8 else pieces
+
+
+# From this many partitions on, the events in scope are copied out once, partition by
+# partition: each partition read from the database scans every stored event, and one copy
+# costs about as much as a few scans.
+SPILL_PARTITIONS = 8
+
+
+@contextlib.contextmanager
+def _partition_reader(con, n_parts: int, incremental: bool):
+    """A function from a partition's number to its events (see `plan_partitions`)."""
+    if n_parts < SPILL_PARTITIONS:
+        yield lambda part: store.read_events(
             con, refresh_only=incremental, part=part if n_parts > 1 else None
         )
-        sessions, steps = sessionize.sessionize(events, cfg)
-        if incremental:
-            # Devices in scope may also belong to persons that need no refresh.
-            sessions = sessions.filter(pl.col("person_id").is_in(persons))
-            steps = steps.join(sessions.select("session_id"), on="session_id", how="semi")
-        n_persons += sessions["person_id"].n_unique()
-        store.insert_sessions(con, *map_journeys(sessions, steps, cfg))
-    return n_persons
+        return
+    folder = store.spill_folder(con)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        store.write_partitions(con, folder)
+        yield lambda part: store.read_partition(folder, part)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def map_journeys(
@@ -366,7 +402,7 @@ def _journey_pieces(con, cfg: Config, summary: RunSummary, progress) -> journeys
         steps, sessions = store.read_journeys(
             con, exclude_bots=cfg.bots.exclude_from_journeys, part=part, n_parts=n_parts
         )
-        pieces.append(journeys.mart_pieces(steps, sessions))
+        pieces = _add_piece(pieces, journeys.mart_pieces(steps, sessions))
     return journeys.merge_pieces(pieces)
 
 

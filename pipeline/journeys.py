@@ -249,7 +249,9 @@ def _transition_totals() -> list[pl.Expr]:
     ]
 
 
-def _with_median_seconds(counts: pl.DataFrame, seconds: pl.DataFrame, by: str | None):
+def _with_median_seconds(
+    counts: pl.DataFrame, seconds: pl.DataFrame, by: str | None
+) -> pl.DataFrame:
     keys = TRANSITION_COLUMNS if by is None else [by, *TRANSITION_COLUMNS]
     medians = seconds.group_by(keys).agg(median_seconds=pl.col("seconds").median())
     medians = medians.with_columns(pl.col(k).cast(pl.String) for k in keys)
