@@ -408,7 +408,7 @@ def _journey_pieces(con, cfg: Config, summary: RunSummary, progress) -> journeys
 
 def journey_marts(pieces: journeys.MartPieces) -> dict[str, pl.DataFrame]:
     """Transitions, graph metrics, paths and blockers from the pieces of every journey."""
-    marts = journeys.journey_marts(pieces)
+    marts = journeys.marts_from_pieces(pieces)
     metrics = graph.touchpoint_metrics(graph.build_transition_graph(marts["transitions"]))
     metrics = (
         metrics.rename({"exit_rate": "exit_rate_per_visit"})

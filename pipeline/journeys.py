@@ -812,7 +812,7 @@ def _dead_end_blockers(
 class MartPieces:
     """What the journey marts need from some sessions, in pieces that add up: the pieces of
     disjoint sets of whole sessions merge (`merge_pieces`) into the pieces of their union, so
-    marts built partition by partition (`journey_marts`) equal marts built in one pass.
+    marts built partition by partition (`marts_from_pieces`) equal marts built in one pass.
 
     Counts add up. Medians do not: `transition_seconds` and the converted rows of `paths`
     keep the values themselves (one per transition between two real steps, one per converted
@@ -876,7 +876,7 @@ def merge_pieces(pieces: list[MartPieces]) -> MartPieces:
     return MartPieces(**merged)
 
 
-def journey_marts(pieces: MartPieces) -> dict[str, pl.DataFrame]:
+def marts_from_pieces(pieces: MartPieces) -> dict[str, pl.DataFrame]:
     """Every journey mart but the graph metrics: transitions, transitions_by_segment, paths,
     path_lengths, blockers, and (for the touchpoints mart) exit_rates and stages."""
     return {

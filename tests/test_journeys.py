@@ -883,13 +883,13 @@ def test_marts_of_any_split_of_the_sessions_equal_the_marts_of_one_pass(n_parts,
     part_of = {
         s: assignment[i % len(assignment)] % n_parts for i, s in enumerate(sessions_["session_id"])
     }
-    expected = journeys.journey_marts(journeys.mart_pieces(steps_, sessions_))
+    expected = journeys.marts_from_pieces(journeys.mart_pieces(steps_, sessions_))
     assert set(expected["blockers"]["kind"]) == {"error", "loop", "dead_end"}
     pieces = [
         journeys.mart_pieces(split(steps_, part_of, p), split(sessions_, part_of, p))
         for p in range(n_parts)
     ]
-    assert_same_marts(journeys.journey_marts(journeys.merge_pieces(pieces)), expected)
+    assert_same_marts(journeys.marts_from_pieces(journeys.merge_pieces(pieces)), expected)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -919,7 +919,7 @@ def test_merged_transition_medians_are_the_medians_of_all_edges(specs, gaps, n_p
         journeys.mart_pieces(split(steps_, part_of, p), split(sessions_, part_of, p))
         for p in range(n_parts)
     ]
-    marts = journeys.journey_marts(journeys.merge_pieces(pieces))
+    marts = journeys.marts_from_pieces(journeys.merge_pieces(pieces))
     assert_frame_equal(marts["transitions"], expected, check_exact=True)
     by_date = marts["transitions_by_segment"].filter(pl.col("segment_type") == "date")
     assert_frame_equal(
