@@ -35,7 +35,6 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-import pyarrow.ipc as ipc
 
 from pipeline.errors import SqlError, StoreError
 from pipeline.schemas import EVENTS, JOURNEY_STEPS, SESSION_STEPS, SESSIONS, UTC_US
@@ -144,7 +143,7 @@ def open_workspace(db: str | Path) -> Workspace:
     os.pwrite(fd, f"pid {os.getpid()} since {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC".encode(), 0)
     # Work files of runs that were killed: nobody else can hold them while we hold the lock.
     for stale in db.parent.glob(f".{glob.escape(db.name)}.run-*"):
-        if stale.is_dir():  # DuckDB's spill folder, or a run's partitions
+        if stale.is_dir():  # DuckDB's spill folder
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
@@ -578,64 +577,6 @@ def read_events(
 
 # What sessionise reads of an event: all but its lineage.
 _PARTITION_COLUMNS = ", ".join(c for c in EVENTS.columns if c not in ("source", "source_line"))
-
-
-def write_partitions(
-    con: duckdb.DuckDBPyConnection, folder: Path, batch_rows: int = 1_000_000
-) -> None:
-    """Copy the events of the devices `plan_partitions` dealt into one Arrow file per
-    partition in `folder`, in one pass over `raw.events`.
-
-    `read_events(part=K)` scans the whole table for each partition: with many partitions a
-    run rescans it that many times, while one copy costs about as much as a few scans.
-    Uncompressed Arrow, not DuckDB's partitioned COPY to Parquet: that took three times as
-    long, mostly compressing files that live for minutes.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    reader = con.sql(
-        f"""
-        select {_PARTITION_COLUMNS}, part::integer as part
-        from raw.events join partition_devices using (anonymous_id)
-        """
-    ).to_arrow_reader(batch_rows)
-    writers: dict[int, ipc.RecordBatchFileWriter] = {}
-    try:
-        for batch in reader:
-            by_part = pl.from_arrow(batch).partition_by("part", as_dict=True, include_key=False)
-            for (part,), rows in by_part.items():
-                table = rows.to_arrow()
-                if part not in writers:
-                    writers[part] = ipc.new_file(_partition_file(folder, part), table.schema)
-                writers[part].write_table(table)
-    finally:
-        for writer in writers.values():
-            writer.close()
-
-
-def read_partition(folder: Path, part: int) -> pl.LazyFrame:
-    """The events `write_partitions` wrote for partition `part`, typed as `read_events`
-    gives them."""
-    path = _partition_file(folder, part)
-    if not path.exists():
-        return _no_events()
-    return (
-        pl.read_ipc(path)
-        .with_columns(pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US))
-        .lazy()
-    )
-
-
-def _partition_file(folder: Path, part: int) -> Path:
-    return folder / f"part-{part}.arrow"
-
-
-def spill_folder(con: duckdb.DuckDBPyConnection) -> Path:
-    """A folder for a run's temporary files, beside its work file: on the database's disk,
-    and cleared with the work files of a killed run (`open_workspace`)."""
-    path = _scalar(
-        con, "select path from duckdb_databases() where database_name = current_database()"
-    )
-    return Path(f"{path}.partitions")
 
 
 def _no_events() -> pl.LazyFrame:
