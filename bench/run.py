@@ -569,7 +569,7 @@ def scale_section(scale: dict | None) -> list[str]:
         "export into a fresh database), at both sizes in one invocation. Memory is bounded "
         "by partitions: sessionise works on whole persons, the journey marts on whole "
         "sessions, about `sessions.partition_events` (2,000,000) at a time; DuckDB is capped "
-        "at 3 GB and spills beyond it.",
+        "at 1 GB and spills beyond it.",
         "",
         "| events | rows read | wall s | peak MB | rows/s | sessions | journey steps "
         "| transitions |",
