@@ -210,31 +210,41 @@ def _transition_pieces(edges: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]
     """(counts, seconds) of `journey_edges` with segments: transitions and sessions per
     transition, overall (segment_type "all") and per segment; and the seconds of every edge
     between two real steps with its segments, the values the medians are taken over."""
-    blocks = [
-        edges.group_by(TRANSITION_COLUMNS)
-        .agg(_transition_totals())
-        .select(
-            pl.lit("all").alias("segment_type"),
-            pl.lit(None, pl.String).alias("segment_value"),
-            *_TRANSITION_COUNTS,
-        )
-    ]
-    for segment_type, column in TRANSITION_SEGMENTS.items():
-        blocks.append(
-            edges.group_by(column, *TRANSITION_COLUMNS)
-            .agg(_transition_totals())
-            .select(
-                pl.lit(segment_type).alias("segment_type"),
-                pl.col(column).cast(pl.String).alias("segment_value"),
-                *_TRANSITION_COUNTS,
-            )
-        )
+    by = {"all": None} | {
+        segment_type: pl.col(column).cast(pl.String)
+        for segment_type, column in TRANSITION_SEGMENTS.items()
+    }
+    counts = _stacked(
+        edges, TRANSITION_COLUMNS, _transition_totals(), by, ("segment_type", "segment_value")
+    )
     seconds = edges.filter(pl.col("seconds").is_not_null()).select(
         *[pl.col(c).cast(pl.Categorical) for c in TRANSITION_COLUMNS],
         *TRANSITION_SEGMENTS.values(),
         "seconds",
     )
-    return pl.concat(blocks), seconds
+    return counts, seconds
+
+
+def _stacked(
+    frame: pl.DataFrame,
+    keys: list[str],
+    aggs: list[pl.Expr],
+    by: dict[str, pl.Expr | None],
+    names: tuple[str, str],
+) -> pl.DataFrame:
+    """`aggs` per `keys`, once per entry of `by` (a label, and the value to break the keys
+    down by: None for the whole), stacked under two columns `names` (label, value)."""
+    label, value = names
+    blocks = []
+    for name, breakdown in by.items():
+        group = keys if breakdown is None else [breakdown.alias(value), *keys]
+        counted = frame.group_by(group).agg(aggs)
+        if breakdown is None:
+            counted = counted.with_columns(pl.lit(None, pl.String).alias(value))
+        blocks.append(
+            counted.select(pl.lit(name).alias(label), value, *keys, pl.exclude(value, *keys))
+        )
+    return pl.concat(blocks)
 
 
 _TRANSITION_COUNTS = [*TRANSITION_COLUMNS, "n_transitions", "n_sessions"]
@@ -334,22 +344,10 @@ def _reach_pieces(
         .join(session_segments(sessions), on="session_id")
         .collect()
     )
-    blocks = [
-        reach.group_by("touchpoint")
-        .agg(_REACH_COUNTS)
-        .select(
-            pl.lit("all").alias("dimension"),
-            pl.lit(None, pl.String).alias("value"),
-            *_REACH_COLUMNS,
-        )
-    ]
-    for dim in SEGMENT_DIMENSIONS:
-        value = pl.col(dim).cast(pl.String).fill_null("unknown").alias("value")
-        blocks.append(
-            reach.group_by("touchpoint", value)
-            .agg(_REACH_COUNTS)
-            .select(pl.lit(dim).alias("dimension"), "value", *_REACH_COLUMNS)
-        )
+    by = {"all": None} | {
+        dim: pl.col(dim).cast(pl.String).fill_null("unknown") for dim in SEGMENT_DIMENSIONS
+    }
+    counts = _stacked(reach, ["touchpoint"], _REACH_COUNTS, by, ("dimension", "value"))
     mid = (
         reach.filter(pl.col("first_position") > 1)
         .group_by("touchpoint")
@@ -359,7 +357,7 @@ def _reach_pieces(
             conv=pl.col("is_converted").sum().cast(pl.Int64),
         )
     )
-    return pl.concat(blocks), mid
+    return counts, mid
 
 
 _REACH_COUNTS = [
@@ -369,7 +367,6 @@ _REACH_COUNTS = [
     pl.col("exited_here").sum().cast(pl.Int64).alias("exits"),
     (~pl.col("exited_here") & pl.col("is_converted")).sum().cast(pl.Int64).alias("cont_conv"),
 ]
-_REACH_COLUMNS = ["touchpoint", "n", "conv", "err", "exits", "cont_conv"]
 
 
 def _exit_rates(reach: pl.DataFrame) -> pl.DataFrame:

@@ -511,7 +511,7 @@ def _events_in_scope(*, refresh_only: bool, part: int | None = None) -> tuple[st
             "anonymous_id in (select anonymous_id from partition_devices where part = ?)"
         )
         params.append(part)
-    return (f" where {' and '.join(filters)}" if filters else ""), params
+    return _where(filters), params
 
 
 def device_users(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> pl.DataFrame:
@@ -562,7 +562,7 @@ def read_events(
     """
     where, params = _events_in_scope(refresh_only=refresh_only, part=part)
     reader = con.sql(
-        f"select {_PARTITION_COLUMNS} from raw.events{where}", params=params
+        f"select {', '.join(_SESSIONISE_COLUMNS)} from raw.events{where}", params=params
     ).to_arrow_reader(batch_rows)
     parts = [
         pl.from_arrow(batch).with_columns(
@@ -571,18 +571,14 @@ def read_events(
         for batch in reader
     ]
     if not parts:
-        return _no_events()
+        return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
     return pl.concat(parts, rechunk=False).lazy()
 
 
 # What sessionise reads of an event: all but its lineage.
-_PARTITION_COLUMNS = ", ".join(c for c in EVENTS.columns if c not in ("source", "source_line"))
-
-
-def _no_events() -> pl.LazyFrame:
-    return pl.DataFrame(
-        schema={c: t for c, t in EVENTS.columns.items() if c not in ("source", "source_line")}
-    ).lazy()
+_SESSIONISE_COLUMNS = {
+    c: t for c, t in EVENTS.columns.items() if c not in ("source", "source_line")
+}
 
 
 def delete_sessions(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> None:
@@ -630,15 +626,14 @@ def read_journeys(
     part: int = 0,
     n_parts: int = 1,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(journey_steps, journey sessions) of the stored journeys, in session and step order:
-    all of them, or the sessions whose id hashes to `part` of `n_parts`."""
+    """(journey_steps, journey sessions) of the stored journeys: all of them, or the sessions
+    whose id hashes to `part` of `n_parts`. Steps come in session and step order, which the
+    journey functions then need not restore; sessions are only joined, in any order."""
     where = ["hash(session_id) % $n_parts = $part"] if n_parts > 1 else []
     params = {"part": part, "n_parts": n_parts} if n_parts > 1 else None
     sessions = query(
         con,
-        "select * from marts.sessions"
-        + _where([*where, "not is_bot"] if exclude_bots else where)
-        + " order by session_id",
+        "select * from marts.sessions" + _where([*where, "not is_bot"] if exclude_bots else where),
         params,
     )
     steps = query(
