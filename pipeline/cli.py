@@ -351,7 +351,7 @@ def map_journeys(
     rules = touchpoints.effective_rules(cfg)
     mapped = touchpoints.assign_touchpoints(
         steps.lazy(), rules, conversion_touchpoint=cfg.conversion.touchpoint
-    ).collect()
+    ).collect(engine=sessionize.IN_MEMORY)
     if cfg.conversion.touchpoint:
         steps = steps.with_columns(is_conversion=mapped["is_conversion"])
         converted = mapped.group_by("session_id").agg(by_touchpoint=pl.col("is_conversion").any())
@@ -366,7 +366,7 @@ def map_journeys(
         # Bot sessions are few: a set lookup per step costs a fraction of a join.
         bot_sessions = sessions.filter(pl.col("is_bot"))["session_id"]
         mapped = mapped.filter(~pl.col("session_id").is_in(bot_sessions.implode()))
-    journey_steps = journeys.collapse_repeats(mapped.lazy()).collect()
+    journey_steps = journeys.collapse_repeats(mapped.lazy()).collect(engine=sessionize.IN_MEMORY)
     return sessions, steps, journey_steps
 
 

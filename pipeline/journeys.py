@@ -18,7 +18,7 @@ import polars as pl
 
 from pipeline.graph import CONVERSION, EXIT, START, wilson_bounds
 from pipeline.schemas import JOURNEY_STEPS
-from pipeline.sessionize import in_seconds
+from pipeline.sessionize import IN_MEMORY, in_seconds
 
 SEGMENT_DIMENSIONS = ("device", "browser", "os", "channel", "device_browser")
 PATH_SEPARATOR = " > "
@@ -35,7 +35,7 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     n_repeats (extra consecutive visits: a signal of friction), n_errors (steps answered with
     HTTP 5xx), is_conversion.
     """
-    ordered = in_session_order(touchpoint_steps.collect())
+    ordered = in_session_order(touchpoint_steps.collect(engine=IN_MEMORY))
     same_session = (pl.col("session_id") == pl.col("session_id").shift(1)).fill_null(False)
     new_step = ~same_session | (pl.col("touchpoint") != pl.col("touchpoint").shift(1))
     # Steps after the first conversion step of a session are the service phase. An unknown
@@ -55,7 +55,7 @@ def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
         row=pl.int_range(pl.len(), dtype=pl.Int64),
         errors=is_error.cum_sum(),
         conversions=is_conversion.cum_sum(),
-    ).collect()
+    ).collect(engine=IN_MEMORY)
     firsts = running.filter(pl.col("is_first"))
     last_row = (firsts["row"].shift(-1) - 1).fill_null(running.height - 1)
     at_last = running.select("ts", "errors", "conversions")[last_row]
@@ -843,7 +843,8 @@ _PIECE_KEYS: dict[str, list[str] | None] = {
 def mart_pieces(journey_steps: pl.DataFrame, sessions: pl.DataFrame) -> MartPieces:
     """The pieces of the journey marts over these journey steps and their sessions (whole
     sessions: a session's steps must not be split between two calls)."""
-    steps, outcome = journey_steps.lazy(), sessions.lazy()
+    steps, outcome = _numbered_sessions(journey_steps, sessions)
+    steps, outcome = steps.lazy(), outcome.lazy()
     transitions, seconds = _transition_pieces(journey_edges(steps, outcome).collect())
     reach, mid_reach = _reach_pieces(steps, outcome)
     loops, visits = _loop_pieces(steps, outcome)
@@ -856,6 +857,26 @@ def mart_pieces(journey_steps: pl.DataFrame, sessions: pl.DataFrame) -> MartPiec
         loops=loops,
         visits=visits,
         paths=_path_counts(session_paths(steps, outcome)),
+    )
+
+
+def _numbered_sessions(
+    journey_steps: pl.DataFrame, sessions: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Both frames with `session_id` replaced by a number, the same in both; steps in session
+    order, sessions without journey steps dropped.
+
+    The pieces only join, group and count distinct sessions, and no session id reaches a
+    piece: on integers each of those costs a fraction of what it costs on text ids (10M
+    events: 15 s of pieces on text ids)."""
+    steps = in_session_order(journey_steps, "position")
+    first_row = (pl.col("session_id") != pl.col("session_id").shift(1)).fill_null(True)
+    steps = steps.with_columns(number=first_row.cast(pl.UInt32).cum_sum())
+    numbers = steps.filter(first_row).select("session_id", "number")
+    sessions = sessions.join(numbers, on="session_id").drop("session_id")
+    return (
+        steps.drop("session_id").rename({"number": "session_id"}),
+        sessions.rename({"number": "session_id"}),
     )
 
 
