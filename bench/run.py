@@ -552,7 +552,14 @@ def bench_scale(cache: Path, n_events: int, started: datetime, commit: str) -> d
             }
         )
         print(f"bench: {n:,} events: {timing.wall_s:.1f} s, peak {timing.peak_mb:,.0f} MB")
-    return {"date": f"{started:%Y-%m-%d %H:%M} UTC", "commit": commit, "runs": runs}
+    from pipeline.config import Config
+
+    return {
+        "date": f"{started:%Y-%m-%d %H:%M} UTC",
+        "commit": commit,
+        "partition_events": Config().sessions.partition_events,
+        "runs": runs,
+    }
 
 
 def scale_section(scale: dict | None) -> list[str]:
@@ -568,8 +575,9 @@ def scale_section(scale: dict | None) -> list[str]:
         f"{scale['commit']}: `journeymap run` end to end, as above (the generator's Parquet "
         "export into a fresh database), at both sizes in one invocation. Memory is bounded "
         "by partitions: sessionise works on whole persons, the journey marts on whole "
-        "sessions, about `sessions.partition_events` (2,000,000) at a time; DuckDB is capped "
-        "at 1 GB and spills beyond it.",
+        "sessions, about `sessions.partition_events` "
+        f"({scale.get('partition_events', 2_000_000):,}) at a time; DuckDB is capped at 1 GB "
+        "and spills beyond it.",
         "",
         "| events | rows read | wall s | peak MB | rows/s | sessions | journey steps "
         "| transitions |",

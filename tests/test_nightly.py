@@ -26,6 +26,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from pipeline.cli import SPILL_PARTITIONS
 from pipeline.sample import write_sample
 
 # Compared column by column; only lineage that says *when* a row was loaded may differ.
@@ -195,14 +196,15 @@ def test_late_events_beyond_late_days_are_counted(days, tmp_path):
     assert late == expected > 0
 
 
-def test_partitions_do_not_change_the_result(days, full_run, tmp_path):
-    """With sessions.partition_events = 500 (about 16 partitions), a full run and daily
-    incremental runs both give exactly the one-pass tables: no person is ever split, and the
-    journey marts
-    merged from partitions of sessions (taken while sessionising in a full run, read back in
-    an incremental one) equal those of one pass."""
+@pytest.mark.parametrize("partition_events", [500, 2500])
+def test_partitions_do_not_change_the_result(days, full_run, tmp_path, partition_events):
+    """With small partitions, a full run and daily incremental runs both give exactly the
+    one-pass tables: no person is ever split, and the journey marts merged from partitions of
+    sessions (taken while sessionising in a full run, read back in an incremental one) equal
+    those of one pass. 500 events make about 16 partitions, which are dealt into files in one
+    scan; 2500 make a few, each read from the database by its own scan."""
     config = tmp_path / "journeymap.toml"
-    config.write_text("[sessions]\npartition_events = 500\n", encoding="utf-8")
+    config.write_text(f"[sessions]\npartition_events = {partition_events}\n", encoding="utf-8")
     full = tmp_path / "full.duckdb"
     result = journeymap(
         "run",
@@ -217,7 +219,11 @@ def test_partitions_do_not_change_the_result(days, full_run, tmp_path):
     assert result.returncode == 0, result.stderr
     parts = [json.loads(line) for line in result.stderr.splitlines()]
     started = [r for r in parts if r["event"] == "partition_started"]
-    assert max(r["n_parts"] for r in started if r["stage"] == "sessionise") > 10
+    n_parts = max(r["n_parts"] for r in started if r["stage"] == "sessionise")
+    if partition_events == 500:
+        assert n_parts >= SPILL_PARTITIONS
+    else:
+        assert 1 < n_parts < SPILL_PARTITIONS
     assert_same_tables(snapshot(full), full_run)
     daily, journey_parts = tmp_path / "daily.duckdb", []
     for day in days:
