@@ -587,7 +587,7 @@ def write_partitions(
 ) -> None:
     """Copy the events in scope into one file per partition in `folder`, in one scan of
     `raw.events`: each device `group` (`sessionize.device_groups`) whole in one partition,
-    the others by their own id, as `plan_partitions` deals them.
+    the others by their own id (the rule of `plan_partitions`, with Polars' hash).
 
     With many partitions, `read_events(part=K)` scans every stored event once per partition
     (100M events in 50 partitions: about 400 s of rescans). Here DuckDB only streams a plain
