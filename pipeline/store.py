@@ -28,13 +28,14 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from pipeline.errors import SqlError, StoreError
@@ -517,12 +518,13 @@ def _events_in_scope(*, refresh_only: bool, part: int | None = None) -> tuple[st
 
 def device_users(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> pl.DataFrame:
     """Distinct (anonymous_id, user_id) pairs of logged-in events in the refresh's scope."""
+    # A full refresh needs no device filter: the distinct devices of 100M events cost more
+    # than the pairs themselves.
+    in_scope = f" and anonymous_id in ({_devices_in_scope(refresh_only)})" if refresh_only else ""
     return query(
         con,
-        f"""
-        select distinct anonymous_id, user_id from raw.events
-        where user_id is not null and anonymous_id in ({_devices_in_scope(refresh_only)})
-        """,
+        "select distinct anonymous_id, user_id from raw.events where user_id is not null"
+        + in_scope,
     )
 
 
@@ -587,34 +589,33 @@ def write_partitions(
 ) -> None:
     """Copy the events in scope into one file per partition in `folder`, in one scan of
     `raw.events`: each device `group` (`sessionize.device_groups`) whole in one partition,
-    the others by their own id (the rule of `plan_partitions`, with Polars' hash).
+    the others by their own id, by the rule of `plan_partitions`.
 
     With many partitions, `read_events(part=K)` scans every stored event once per partition
-    (100M events in 50 partitions: about 400 s of rescans). Here DuckDB only streams a plain
-    scan and Polars deals the rows: a DuckDB join of the events with the devices spilled
-    the whole table to disk at 100M events (20 GB). The files are LZ4-compressed Arrow, read
-    back whole, deleted by the caller.
+    (100M events in 50 partitions: about 400 s of rescans). Here DuckDB streams one scan,
+    joined only with the logged-in devices (`groups`, a small table: joined with every
+    device, the join spilled the whole table to disk at 100M events), and Polars deals the
+    rows. The files are LZ4-compressed Arrow, read back whole, deleted by the caller.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    where, params = _events_in_scope(refresh_only=refresh_only)
+    where, _ = _events_in_scope(refresh_only=refresh_only)
+    columns = ", ".join(f"events.{c}" for c in _SESSIONISE_COLUMNS)
+    con.register("device_groups", groups.select("anonymous_id", "group").to_arrow())
     reader = con.sql(
-        f"select {', '.join(_SESSIONISE_COLUMNS)} from raw.events{where}", params=params
+        f"""
+        select
+            {columns},
+            hash(coalesce(device_groups."group", events.anonymous_id)) % $n_parts as part,
+        from (select * from raw.events{where}) as events
+        left join device_groups using (anonymous_id)
+        """,
+        params={"n_parts": n_parts},
     ).to_arrow_reader(batch_rows)
-    groups = groups.select("anonymous_id", "group")
     options = ipc.IpcWriteOptions(compression="lz4")
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
     try:
-        for batch in reader:
-            rows = pl.from_arrow(batch)
-            part = (
-                rows.select("anonymous_id")
-                .join(groups, on="anonymous_id", how="left", maintain_order="left")
-                .select(_partition_of(pl.coalesce("group", "anonymous_id"), n_parts))
-                .to_series()
-            )
-            by_part = rows.with_columns(part=part).partition_by(
-                "part", as_dict=True, include_key=False
-            )
+        for batch in _gathered(reader, batch_rows):
+            by_part = pl.from_arrow(batch).partition_by("part", as_dict=True, include_key=False)
             for (number, *_), events in by_part.items():
                 table = events.to_arrow()
                 if number not in writers:
@@ -624,6 +625,26 @@ def write_partitions(
     finally:
         for writer in writers.values():
             writer.close()
+        con.unregister("device_groups")
+
+
+def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """The reader's batches gathered into tables of at least `rows` rows.
+
+    DuckDB hands out batches of about 100k rows whatever size is asked for: dealt into 100
+    partitions they would become 1k-row writes, and partitions of a thousand chunks that
+    every later step pays for (100M events: write and sessionise superlinear).
+    """
+    pending: list[pa.RecordBatch] = []
+    n_pending = 0
+    for batch in reader:
+        pending.append(batch)
+        n_pending += batch.num_rows
+        if n_pending >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, n_pending = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
 
 
 def read_partition(folder: Path, part: int) -> pl.LazyFrame:
@@ -634,14 +655,11 @@ def read_partition(folder: Path, part: int) -> pl.LazyFrame:
         return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
     return (
         pl.read_ipc(path)
+        # One chunk per write: sessionise's sorts and joins run faster on one.
+        .rechunk()
         .with_columns(pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US))
         .lazy()
     )
-
-
-def _partition_of(key: pl.Expr, n_parts: int) -> pl.Expr:
-    # A fixed seed: the partition of a device must not change within a run.
-    return (key.hash(seed=0) % n_parts).cast(pl.UInt32)
 
 
 def _partition_file(folder: Path, part: int) -> Path:
