@@ -655,7 +655,7 @@ def read_partition(folder: Path, part: int) -> pl.LazyFrame:
         return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
     return (
         pl.read_ipc(path)
-        # One chunk per write: sessionise's sorts and joins run faster on one.
+        # Read back as one chunk per write; sessionise sorts and joins one chunk faster.
         .rechunk()
         .with_columns(pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US))
         .lazy()
