@@ -576,7 +576,7 @@ def scale_section(scale: dict | None) -> list[str]:
         "export into a fresh database), at both sizes in one invocation. Memory is bounded "
         "by partitions: sessionise works on whole persons, the journey marts on whole "
         "sessions, about `sessions.partition_events` "
-        f"({scale.get('partition_events', 2_000_000):,}) at a time; DuckDB is capped at 1 GB "
+        f"({scale['partition_events']:,}) at a time; DuckDB is capped at 1 GB "
         "and spills beyond it.",
         "",
         "| events | rows read | wall s | peak MB | rows/s | sessions | journey steps "

@@ -540,13 +540,19 @@ def plan_partitions(
         create or replace temp table partition_devices as
         select
             devices.anonymous_id,
-            hash(coalesce(device_groups."group", devices.anonymous_id)) % ? as part,
+            {_partition_of("devices.anonymous_id")} as part,
         from ({_devices_in_scope(refresh_only)}) as devices
         left join device_groups using (anonymous_id)
         """,
-        [n_parts],
+        {"n_parts": n_parts},
     )
     con.unregister("device_groups")
+
+
+def _partition_of(anonymous_id: str) -> str:
+    """SQL for the partition of the device `anonymous_id`, with `device_groups` joined and
+    `$n_parts` a parameter: its group's, so that a person's devices meet, else its own."""
+    return f'hash(coalesce(device_groups."group", {anonymous_id})) % $n_parts'
 
 
 def read_events(
@@ -567,15 +573,15 @@ def read_events(
     reader = con.sql(
         f"select {', '.join(_SESSIONISE_COLUMNS)} from raw.events{where}", params=params
     ).to_arrow_reader(batch_rows)
-    parts = [
-        pl.from_arrow(batch).with_columns(
-            pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US)
-        )
-        for batch in reader
-    ]
+    parts = [_as_read(pl.from_arrow(batch)) for batch in reader]
     if not parts:
         return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
     return pl.concat(parts, rechunk=False).lazy()
+
+
+def _as_read(events: pl.DataFrame) -> pl.DataFrame:
+    """Events typed as sessionise reads them: low-cardinality text as Categorical."""
+    return events.with_columns(pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US))
 
 
 def write_partitions(
@@ -605,7 +611,7 @@ def write_partitions(
         f"""
         select
             {columns},
-            hash(coalesce(device_groups."group", events.anonymous_id)) % $n_parts as part,
+            {_partition_of("events.anonymous_id")} as part,
         from (select * from raw.events{where}) as events
         left join device_groups using (anonymous_id)
         """,
@@ -653,13 +659,8 @@ def read_partition(folder: Path, part: int) -> pl.LazyFrame:
     path = _partition_file(folder, part)
     if not path.exists():
         return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
-    return (
-        pl.read_ipc(path)
-        # Read back as one chunk per write; sessionise sorts and joins one chunk faster.
-        .rechunk()
-        .with_columns(pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US))
-        .lazy()
-    )
+    # Read back as one chunk per write; sessionise sorts and joins one chunk faster.
+    return _as_read(pl.read_ipc(path).rechunk()).lazy()
 
 
 def _partition_file(folder: Path, part: int) -> Path:

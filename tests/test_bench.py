@@ -211,7 +211,12 @@ def _scale(small_wall: float, large_wall: float, large_peak: int) -> dict:
                 "stage_seconds": stages, "built": built}  # fmt: skip
 
     runs = [run(10_000_000, small_wall, 2_000), run(100_000_000, large_wall, large_peak)]
-    return {"date": "2026-11-23 12:00 UTC", "commit": "abc1234", "runs": runs}
+    return {
+        "date": "2026-11-23 12:00 UTC",
+        "commit": "abc1234",
+        "partition_events": 1_000_000,
+        "runs": runs,
+    }
 
 
 def test_scale_section_judges_memory_and_linearity(bench_run):
