@@ -385,7 +385,8 @@ def map_journeys(
     if cfg.bots.exclude_from_journeys:
         # Bot sessions are few: a set lookup per step costs a fraction of a join.
         bot_sessions = sessions.filter(pl.col("is_bot"))["session_id"]
-        mapped = mapped.filter(~pl.col("session_id").is_in(bot_sessions.implode()))
+        if bot_sessions.len():
+            mapped = mapped.filter(~pl.col("session_id").is_in(bot_sessions.implode()))
     journey_steps = journeys.collapse_repeats(mapped.lazy()).collect(engine=sessionize.IN_MEMORY)
     return sessions, steps, journey_steps
 
