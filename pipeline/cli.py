@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -308,7 +309,10 @@ def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, i
     persons = store.refresh_persons(con).implode() if incremental else None
     store.delete_sessions(con, refresh_only=incremental)
     n_persons, pieces = 0, []
-    with _partition_reader(con, n_parts, incremental) as read_partition:
+    with (
+        _partition_reader(con, n_parts, incremental) as read_partition,
+        _one_write_ahead(con) as write,
+    ):
         for part in range(n_parts):
             progress.update("sessionise", part, n_parts, summary.n_read)
             progress.event("partition_started", stage="sessionise", part=part + 1, n_parts=n_parts)
@@ -319,12 +323,39 @@ def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, i
                 steps = steps.join(sessions.select("session_id"), on="session_id", how="semi")
             n_persons += sessions["person_id"].n_unique()
             sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
-            store.insert_sessions(con, sessions, steps, journey_steps)
+            write(store.insert_sessions, sessions, steps, journey_steps)
             if not incremental:
                 if cfg.bots.exclude_from_journeys:
                     sessions = sessions.filter(~pl.col("is_bot"))
                 pieces = _add_piece(pieces, journeys.mart_pieces(journey_steps, sessions))
     return n_persons, (None if incremental else journeys.merge_pieces(pieces))
+
+
+@contextlib.contextmanager
+def _one_write_ahead(con):
+    """A function that stores a partition on a second connection, in a thread, while the
+    next partition is computed; it first waits for the write before, so at most one is
+    pending (one partition's frames of extra memory). All writes are done, and any of their
+    errors raised, when the block ends.
+
+    DuckDB's inserts release the interpreter and Polars' work leaves a core idle part of the
+    time: the two overlap instead of taking turns.
+    """
+    cursor = con.cursor()
+    pending: list[Future] = []
+
+    def write(store_fn: Callable, *frames: pl.DataFrame) -> None:
+        while pending:
+            pending.pop().result()
+        pending.append(pool.submit(store_fn, cursor, *frames))
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="journeymap-store") as pool:
+            yield write
+            while pending:
+                pending.pop().result()
+    finally:
+        cursor.close()
 
 
 # From this many partitions on, the events in scope are dealt into files in one scan: each
