@@ -11,6 +11,7 @@ import os
 import re
 
 import click
+import duckdb
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -590,3 +591,28 @@ def test_a_database_journeymap_cannot_set_up_is_left_as_it_was(access_log, tmp_p
     assert db.read_bytes() == before
     assert store.running_writer(db) is None
     assert list(tmp_path.glob(".foreign.duckdb.run-*")) == []
+
+
+def test_partition_writes_run_in_order_and_raise_their_errors():
+    """Partitions are stored on a second connection while the next is computed: every
+    write lands, in the order given, before the block ends, and a failed write is raised
+    rather than lost."""
+    con = duckdb.connect()
+    con.execute("create table stored (part integer)")
+
+    def insert(cursor, frame: pl.DataFrame) -> None:
+        cursor.register("new_part", frame.to_arrow())
+        cursor.execute("insert into stored select part from new_part")
+        cursor.unregister("new_part")
+
+    with cli_module._one_write_ahead(con) as write:
+        for part in range(3):
+            write(insert, pl.DataFrame({"part": [part]}))
+    assert con.execute("select list(part order by rowid) from stored").fetchall() == [([0, 1, 2],)]
+
+    def fail(cursor, frame: pl.DataFrame) -> None:
+        raise RuntimeError(f"disk full at part {frame['part'][0]}")
+
+    failing = pytest.raises(RuntimeError, match="disk full at part 7")
+    with failing, cli_module._one_write_ahead(con) as write:
+        write(fail, pl.DataFrame({"part": [7]}))
