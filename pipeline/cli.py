@@ -342,18 +342,19 @@ def _one_write_ahead(con):
     time: the two overlap instead of taking turns.
     """
     cursor = con.cursor()
-    pending: list[Future] = []
+    pending: Future | None = None
 
     def write(store_fn: Callable, *frames: pl.DataFrame) -> None:
-        while pending:
-            pending.pop().result()
-        pending.append(pool.submit(store_fn, cursor, *frames))
+        nonlocal pending
+        if pending is not None:
+            pending.result()
+        pending = pool.submit(store_fn, cursor, *frames)
 
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="journeymap-store") as pool:
             yield write
-            while pending:
-                pending.pop().result()
+            if pending is not None:
+                pending.result()
     finally:
         cursor.close()
 
@@ -416,8 +417,7 @@ def map_journeys(
     if cfg.bots.exclude_from_journeys:
         # Bot sessions are few: a set lookup per step costs a fraction of a join.
         bot_sessions = sessions.filter(pl.col("is_bot"))["session_id"]
-        if bot_sessions.len():
-            mapped = mapped.filter(~pl.col("session_id").is_in(bot_sessions.implode()))
+        mapped = mapped.filter(~pl.col("session_id").is_in(bot_sessions.implode()))
     journey_steps = journeys.collapse_repeats(mapped.lazy()).collect(engine=sessionize.IN_MEMORY)
     return sessions, steps, journey_steps
 

@@ -303,6 +303,16 @@ def visitor_salt(con: duckdb.DuckDBPyConnection) -> str:
     return salt
 
 
+@contextlib.contextmanager
+def _registered(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> Iterator[None]:
+    """`frame` visible to DuckDB as the view `name` for the block (zero-copy Arrow)."""
+    con.register(name, frame.to_arrow())
+    try:
+        yield
+    finally:
+        con.unregister(name)
+
+
 def next_run_id(con: duckdb.DuckDBPyConnection) -> int:
     return _scalar(con, "select coalesce(max(run_id), 0) + 1 from raw.runs")
 
@@ -325,52 +335,50 @@ def stage_batch(
     run.
     """
     if quarantine.height:
-        con.register("batch_quarantine", quarantine.to_arrow())
-        # A file loaded again rejects the same rows again: they are counted in this run's
-        # figures but stored once.
-        con.execute(
-            """
-            insert into raw.quarantine
-            select source, source_line, raw, reason, ?, ?
-            from batch_quarantine as new
-            where not exists (
-                select 1 from raw.quarantine as stored
-                where stored.source = new.source
-                    and stored.source_line is not distinct from new.source_line
-                    and stored.reason = new.reason
-                    and stored.raw is not distinct from new.raw
+        with _registered(con, "batch_quarantine", quarantine):
+            # A file loaded again rejects the same rows again: they are counted in this run's
+            # figures but stored once.
+            con.execute(
+                """
+                insert into raw.quarantine
+                select source, source_line, raw, reason, ?, ?
+                from batch_quarantine as new
+                where not exists (
+                    select 1 from raw.quarantine as stored
+                    where stored.source = new.source
+                        and stored.source_line is not distinct from new.source_line
+                        and stored.reason = new.reason
+                        and stored.raw is not distinct from new.raw
+                )
+                """,
+                [run_id, ingested_at],
             )
-            """,
-            [run_id, ingested_at],
-        )
-        con.unregister("batch_quarantine")
     if not events.height:
         return 0, 0
-    con.register("batch_events", events.to_arrow())
-    # Keys first, into a temp table, then one narrow group-by picks the first of each key:
-    # DuckDB inserts a windowed (row_number) result several times slower (3.3 s vs 1.1 s
-    # for 1M events).
-    con.execute(
-        """
-        create or replace temp table batch_keyed as
-        with hashed as (
+    with _registered(con, "batch_events", events):
+        # Keys first, into a temp table, then one narrow group-by picks the first of each key:
+        # DuckDB inserts a windowed (row_number) result several times slower (3.3 s vs 1.1 s
+        # for 1M events).
+        con.execute(
+            """
+            create or replace temp table batch_keyed as
+            with hashed as (
+                select
+                    * exclude (anonymous_id, event_id, visitor_key),
+                    coalesce(anonymous_id, md5(? || chr(31) || visitor_key)) as anonymous_id,
+                    event_id as given_event_id,
+                from batch_events
+            )
             select
-                * exclude (anonymous_id, event_id, visitor_key),
-                coalesce(anonymous_id, md5(? || chr(31) || visitor_key)) as anonymous_id,
-                event_id as given_event_id,
-            from batch_events
+                coalesce(given_event_id, md5(concat_ws(chr(31),
+                    epoch_us(ts)::varchar, anonymous_id, coalesce(user_id, ''), event_type, url,
+                    coalesce(host, ''), coalesce(referrer, ''), coalesce(user_agent, ''),
+                    coalesce(status::varchar, ''), coalesce(revenue::varchar, '')))) as event_id,
+                * exclude (given_event_id),
+            from hashed
+            """,
+            [visitor_salt(con)],
         )
-        select
-            coalesce(given_event_id, md5(concat_ws(chr(31),
-                epoch_us(ts)::varchar, anonymous_id, coalesce(user_id, ''), event_type, url,
-                coalesce(host, ''), coalesce(referrer, ''), coalesce(user_agent, ''),
-                coalesce(status::varchar, ''), coalesce(revenue::varchar, '')))) as event_id,
-            * exclude (given_event_id),
-        from hashed
-        """,
-        [visitor_salt(con)],
-    )
-    con.unregister("batch_events")
     columns = ", ".join(EVENTS.columns)
     n_accepted = con.execute(
         f"""
@@ -518,13 +526,14 @@ def _events_in_scope(*, refresh_only: bool, part: int | None = None) -> tuple[st
 
 def device_users(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> pl.DataFrame:
     """Distinct (anonymous_id, user_id) pairs of logged-in events in the refresh's scope."""
-    # A full refresh needs no device filter: the distinct devices of 100M events cost more
-    # than the pairs themselves.
-    in_scope = f" and anonymous_id in ({_devices_in_scope(refresh_only)})" if refresh_only else ""
+    # The scope of `read_events`: a full refresh filters no devices (a filter by the distinct
+    # devices of 100M events cost more than the pairs themselves).
+    where, params = _events_in_scope(refresh_only=refresh_only)
     return query(
         con,
-        "select distinct anonymous_id, user_id from raw.events where user_id is not null"
-        + in_scope,
+        "select distinct anonymous_id, user_id"
+        f" from (select * from raw.events{where}) where user_id is not null",
+        params,
     )
 
 
@@ -534,19 +543,18 @@ def plan_partitions(
     """Deal the devices in scope into `n_parts` partitions (temp table `partition_devices`),
     each device `group` (see `sessionize.device_groups`) whole into one, so that every
     person's events meet in one partition."""
-    con.register("device_groups", groups.to_arrow())
-    con.execute(
-        f"""
-        create or replace temp table partition_devices as
-        select
-            devices.anonymous_id,
-            {_partition_of("devices.anonymous_id")} as part,
-        from ({_devices_in_scope(refresh_only)}) as devices
-        left join device_groups using (anonymous_id)
-        """,
-        {"n_parts": n_parts},
-    )
-    con.unregister("device_groups")
+    with _registered(con, "device_groups", groups):
+        con.execute(
+            f"""
+            create or replace temp table partition_devices as
+            select
+                devices.anonymous_id,
+                {_partition_of("devices.anonymous_id")} as part,
+            from ({_devices_in_scope(refresh_only)}) as devices
+            left join device_groups using (anonymous_id)
+            """,
+            {"n_parts": n_parts},
+        )
 
 
 def _partition_of(anonymous_id: str) -> str:
@@ -606,32 +614,31 @@ def write_partitions(
     folder.mkdir(parents=True, exist_ok=True)
     where, _ = _events_in_scope(refresh_only=refresh_only)
     columns = ", ".join(f"events.{c}" for c in _SESSIONISE_COLUMNS)
-    con.register("device_groups", groups.select("anonymous_id", "group").to_arrow())
-    reader = con.sql(
-        f"""
-        select
-            {columns},
-            {_partition_of("events.anonymous_id")} as part,
-        from (select * from raw.events{where}) as events
-        left join device_groups using (anonymous_id)
-        """,
-        params={"n_parts": n_parts},
-    ).to_arrow_reader(batch_rows)
     options = ipc.IpcWriteOptions(compression="lz4")
     writers: dict[int, ipc.RecordBatchFileWriter] = {}
-    try:
-        for batch in _gathered(reader, batch_rows):
-            by_part = pl.from_arrow(batch).partition_by("part", as_dict=True, include_key=False)
-            for (number, *_), events in by_part.items():
-                table = events.to_arrow()
-                if number not in writers:
-                    path = _partition_file(folder, number)
-                    writers[number] = ipc.new_file(path, table.schema, options=options)
-                writers[number].write_table(table)
-    finally:
-        for writer in writers.values():
-            writer.close()
-        con.unregister("device_groups")
+    with _registered(con, "device_groups", groups.select("anonymous_id", "group")):
+        reader = con.sql(
+            f"""
+            select
+                {columns},
+                {_partition_of("events.anonymous_id")} as part,
+            from (select * from raw.events{where}) as events
+            left join device_groups using (anonymous_id)
+            """,
+            params={"n_parts": n_parts},
+        ).to_arrow_reader(batch_rows)
+        try:
+            for batch in _gathered(reader, batch_rows):
+                by_part = pl.from_arrow(batch).partition_by("part", as_dict=True, include_key=False)
+                for (number, *_), events in by_part.items():
+                    table = events.to_arrow()
+                    if number not in writers:
+                        path = _partition_file(folder, number)
+                        writers[number] = ipc.new_file(path, table.schema, options=options)
+                    writers[number].write_table(table)
+        finally:
+            for writer in writers.values():
+                writer.close()
 
 
 def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
@@ -711,9 +718,8 @@ def insert_sessions(
         ("session_steps", session_steps),
         ("journey_steps", journey_steps),
     ):
-        con.register(f"new_{name}", frame.to_arrow())
-        con.execute(f"insert into marts.{name} by name select * from new_{name}")
-        con.unregister(f"new_{name}")
+        with _registered(con, f"new_{name}", frame):
+            con.execute(f"insert into marts.{name} by name select * from new_{name}")
 
 
 def count_journey_steps(con: duckdb.DuckDBPyConnection) -> int:
@@ -781,9 +787,8 @@ def replace_journey_marts(con: duckdb.DuckDBPyConnection, marts: dict[str, pl.Da
     for name, frame in marts.items():
         if name not in JOURNEY_MARTS:
             raise ValueError(f"unknown journey mart {name!r}")
-        con.register(f"new_{name}", frame.to_arrow())
-        con.execute(f"create or replace table marts.{name} as select * from new_{name}")
-        con.unregister(f"new_{name}")
+        with _registered(con, f"new_{name}", frame):
+            con.execute(f"create or replace table marts.{name} as select * from new_{name}")
 
 
 def create_views(con: duckdb.DuckDBPyConnection, sql_dir: Path = SQL_DIR) -> list[str]:
