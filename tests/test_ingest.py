@@ -909,6 +909,42 @@ def test_parquet_mapped_columns_with_epoch_ms(tmp_path):
     )
 
 
+def test_parquet_numeric_columns_read_as_their_text_would_be(tmp_path):
+    """Numeric ts, status and revenue columns are read as numbers, without a round trip
+    through text, and give exactly what the same values written as text give: out-of-range
+    epochs and non-finite numbers are quarantined or nulled alike."""
+    numbers = pl.DataFrame(
+        {
+            "visitor": ["v1", "v2", "v3", "v4", "v5", "v6"],
+            "time_ms": [1_728_554_400_000.5, 1e20, float("nan"), -1.0, 1_728_554_400_001, None],
+            "page": ["/a"] * 6,
+            "kind": ["page_view"] * 6,
+            "code": [200, 99, 600, 404, 599, None],
+            "amount": [19.99, float("inf"), float("nan"), -3.5, 0.0, None],
+        },
+        schema_overrides={"code": pl.Int32},
+    )
+    texts = numbers.with_columns(pl.col("time_ms", "code", "amount").cast(pl.String))
+    numbers.write_parquet(tmp_path / "numbers.parquet")
+    texts.write_parquet(tmp_path / "texts.parquet")
+    cfg = Config(input=InputConfig(ts_unit="ms", columns=PARQUET_MAPPING))
+    as_numbers = load(tmp_path / "numbers.parquet", "parquet", cfg)
+    as_texts = load(tmp_path / "texts.parquet", "parquet", cfg)
+    assert_frame_equal(as_numbers.events.drop("source"), as_texts.events.drop("source"))
+    reasons = as_numbers.quarantine.select("source_line", "reason")
+    assert_frame_equal(reasons, as_texts.quarantine.select("source_line", "reason"))
+    # Hand-checked: 1e20 ms is beyond any date, NaN is no time, -1 ms is before 1990 (the
+    # earliest accepted) and the null ts is missing.
+    assert reasons.rows() == [
+        (2, "bad_timestamp"),
+        (3, "bad_timestamp"),
+        (4, "timestamp_out_of_range"),
+        (6, "missing_ts"),
+    ]
+    assert as_numbers.events["status"].to_list() == [200, 599]
+    assert as_numbers.events["revenue"].to_list() == [19.99, 0.0]
+
+
 def test_parquet_native_timestamp_columns(tmp_path):
     """A zone-aware timestamp column is converted to UTC; a naive one is local time in
     input.timezone, and a naive time in a DST gap is bad_timestamp."""
