@@ -210,17 +210,16 @@ def _transition_pieces(edges: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]
     """(counts, seconds) of `journey_edges` with segments: transitions and sessions per
     transition, overall (segment_type "all") and per segment; and the seconds of every edge
     between two real steps with its segments, the values the medians are taken over."""
+    # Grouped by categorical codes (integer keys); only the counted rows are turned into text.
+    edges = edges.with_columns(pl.col(TRANSITION_COLUMNS).cast(pl.Categorical))
     by = {"all": None} | {
-        segment_type: pl.col(column).cast(pl.String)
-        for segment_type, column in TRANSITION_SEGMENTS.items()
+        segment_type: pl.col(column) for segment_type, column in TRANSITION_SEGMENTS.items()
     }
     counts = _stacked(
         edges, TRANSITION_COLUMNS, _transition_totals(), by, ("segment_type", "segment_value")
-    )
+    ).with_columns(pl.col(TRANSITION_COLUMNS).cast(pl.String))
     seconds = edges.filter(pl.col("seconds").is_not_null()).select(
-        *[pl.col(c).cast(pl.Categorical) for c in TRANSITION_COLUMNS],
-        *TRANSITION_SEGMENTS.values(),
-        "seconds",
+        *TRANSITION_COLUMNS, *TRANSITION_SEGMENTS.values(), "seconds"
     )
     return counts, seconds
 
@@ -233,7 +232,8 @@ def _stacked(
     names: tuple[str, str],
 ) -> pl.DataFrame:
     """`aggs` per `keys`, once per entry of `by` (a label, and the value to break the keys
-    down by: None for the whole), stacked under two columns `names` (label, value)."""
+    down by: None for the whole), stacked under two columns `names` (label, value); values
+    are turned into text after counting, so they can be grouped by as codes."""
     label, value = names
     blocks = []
     for name, breakdown in by.items():
@@ -242,7 +242,12 @@ def _stacked(
         if breakdown is None:
             counted = counted.with_columns(pl.lit(None, pl.String).alias(value))
         blocks.append(
-            counted.select(pl.lit(name).alias(label), value, *keys, pl.exclude(value, *keys))
+            counted.select(
+                pl.lit(name).alias(label),
+                pl.col(value).cast(pl.String),
+                *keys,
+                pl.exclude(value, *keys),
+            )
         )
     return pl.concat(blocks)
 
@@ -339,14 +344,12 @@ def _reach_pieces(
     (conv), hit a 5xx there (err), exit there (exits), or convert after continuing
     (cont_conv); per touchpoint (dimension "all") and per touchpoint and segment value. And
     the same counts of sessions first reaching a touchpoint mid-journey (not on landing)."""
-    reach = (
-        touchpoint_reach(journey_steps, sessions)
-        .join(session_segments(sessions), on="session_id")
-        .collect()
+    # "unknown" filled in once per session, not on every row reached.
+    segments = session_segments(sessions).with_columns(
+        pl.col(SEGMENT_DIMENSIONS).cast(pl.String).fill_null("unknown").cast(pl.Categorical)
     )
-    by = {"all": None} | {
-        dim: pl.col(dim).cast(pl.String).fill_null("unknown") for dim in SEGMENT_DIMENSIONS
-    }
+    reach = touchpoint_reach(journey_steps, sessions).join(segments, on="session_id").collect()
+    by = {"all": None} | {dim: pl.col(dim) for dim in SEGMENT_DIMENSIONS}
     counts = _stacked(reach, ["touchpoint"], _REACH_COUNTS, by, ("dimension", "value"))
     mid = (
         reach.filter(pl.col("first_position") > 1)
@@ -357,7 +360,8 @@ def _reach_pieces(
             conv=pl.col("is_converted").sum().cast(pl.Int64),
         )
     )
-    return counts, mid
+    as_text = pl.col("touchpoint").cast(pl.String)
+    return counts.with_columns(as_text), mid.with_columns(as_text)
 
 
 _REACH_COUNTS = [
@@ -673,6 +677,8 @@ def _loop_pieces(
             nxt2=_previous_in_session("touchpoint", -2),
         )
         .filter(pl.col("nxt2") == pl.col("touchpoint"))
+        # As text: a pair is named in text order, which categorical codes do not follow.
+        .with_columns(pl.col("touchpoint", "nxt").cast(pl.String))
         .with_columns(
             a=pl.min_horizontal("touchpoint", "nxt"), b=pl.max_horizontal("touchpoint", "nxt")
         )
@@ -693,6 +699,7 @@ def _loop_pieces(
         .join(outcome, on="session_id")
         .group_by("touchpoints")
         .agg(_OUTCOME_COUNTS)
+        .with_columns(pl.col("touchpoints").cast(pl.List(pl.String)).list.sort())
     )
     return loops.collect(), visits.collect()
 
@@ -844,10 +851,13 @@ def mart_pieces(journey_steps: pl.DataFrame, sessions: pl.DataFrame) -> MartPiec
     """The pieces of the journey marts over these journey steps and their sessions (whole
     sessions: a session's steps must not be split between two calls)."""
     steps, outcome = _numbered_sessions(journey_steps, sessions)
+    # Grouped by touchpoint, the pieces compare categorical codes instead of text; paths
+    # join the names, which text does faster.
+    coded = steps.with_columns(pl.col("touchpoint").cast(pl.Categorical)).lazy()
     steps, outcome = steps.lazy(), outcome.lazy()
     transitions, seconds = _transition_pieces(journey_edges(steps, outcome).collect())
-    reach, mid_reach = _reach_pieces(steps, outcome)
-    loops, visits = _loop_pieces(steps, outcome)
+    reach, mid_reach = _reach_pieces(coded, outcome)
+    loops, visits = _loop_pieces(coded, outcome)
     return MartPieces(
         transitions=transitions,
         transition_seconds=seconds,
