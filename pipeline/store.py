@@ -355,56 +355,64 @@ def stage_batch(
             )
     if not events.height:
         return 0, 0
+    # A device seen only in an access log is keyed by its salted (address, user agent).
+    anonymous_id = "coalesce(anonymous_id, md5($salt || chr(31) || visitor_key))"
+    renamed = {"event_id": "keys.event_id", "anonymous_id": f"{anonymous_id} as anonymous_id"}
+    selected = ", ".join(renamed.get(c, c) for c in EVENTS.columns)
+    salt = visitor_salt(con)
     with _registered(con, "batch_events", events):
-        # Keys first, into a temp table, then one narrow group-by picks the first of each key:
-        # DuckDB inserts a windowed (row_number) result several times slower (3.3 s vs 1.1 s
-        # for 1M events).
+        # Keys first, into a narrow temp table (source_line, event_id), then one group-by picks
+        # the first of each key and the rows are joined back by line: DuckDB inserts a windowed
+        # (row_number) result several times slower (3.3 s vs 1.1 s for 1M events), and copying
+        # every column into the temp table costs a fifth more than the join.
         con.execute(
-            """
-            create or replace temp table batch_keyed as
-            with hashed as (
-                select
-                    * exclude (anonymous_id, event_id, visitor_key),
-                    coalesce(anonymous_id, md5(? || chr(31) || visitor_key)) as anonymous_id,
-                    event_id as given_event_id,
-                from batch_events
-            )
+            f"""
+            create or replace temp table batch_keys as
             select
-                coalesce(given_event_id, md5(concat_ws(chr(31),
-                    epoch_us(ts)::varchar, anonymous_id, coalesce(user_id, ''), event_type, url,
-                    coalesce(host, ''), coalesce(referrer, ''), coalesce(user_agent, ''),
-                    coalesce(status::varchar, ''), coalesce(revenue::varchar, '')))) as event_id,
-                * exclude (given_event_id),
-            from hashed
+                source_line,
+                coalesce(event_id, md5(concat_ws(chr(31),
+                    epoch_us(ts)::varchar, {anonymous_id}, coalesce(user_id, ''), event_type,
+                    url, coalesce(host, ''), coalesce(referrer, ''), coalesce(user_agent, ''),
+                    coalesce(status::varchar, ''), coalesce(revenue::varchar, '')))) as event_id
+            from batch_events
             """,
-            [visitor_salt(con)],
+            {"salt": salt},
         )
-    columns = ", ".join(EVENTS.columns)
-    n_accepted = con.execute(
-        f"""
-        insert into raw.events
-        with first_seen as (
-            select event_id, min(source_line) as source_line from batch_keyed group by event_id
-        ),
-        -- Only stored events in the batch's time span can be duplicates (see
-        -- _duplicate_span): DuckDB skips the row groups of other days by their min/max, so
-        -- a nightly load does not rescan the history.
-        stored_in_span as (
-            select event_id from raw.events where ts between ? and ?
-        ),
-        final as (
-            select {columns}, ? as run_id, ? as ingested_at
-            from batch_keyed
-            semi join first_seen using (event_id, source_line)
-            where not exists (
-                select 1 from stored_in_span as stored where stored.event_id = batch_keyed.event_id
+        since, until = _duplicate_span(events)
+        n_accepted = con.execute(
+            f"""
+            insert into raw.events
+            with first_seen as (
+                select event_id, min(source_line) as source_line
+                from batch_keys
+                group by event_id
+            ),
+            -- Only stored events in the batch's time span can be duplicates (see
+            -- _duplicate_span): DuckDB skips the row groups of other days by their min/max,
+            -- so a nightly load does not rescan the history.
+            stored_in_span as (
+                select event_id from raw.events where ts between $since and $until
+            ),
+            fresh as (
+                select * from first_seen
+                where not exists (
+                    select 1 from stored_in_span as stored
+                    where stored.event_id = first_seen.event_id
+                )
             )
-        )
-        select * from final
-        """,
-        [*_duplicate_span(events), run_id, ingested_at],
-    ).fetchall()[0][0]
-    con.execute("drop table batch_keyed")
+            select {selected}, $run_id as run_id, $ingested_at as ingested_at
+            from batch_events
+            join fresh as keys using (source_line)
+            """,
+            {
+                "salt": salt,
+                "since": since,
+                "until": until,
+                "run_id": run_id,
+                "ingested_at": ingested_at,
+            },
+        ).fetchall()[0][0]
+        con.execute("drop table batch_keys")
     return n_accepted, events.height - n_accepted
 
 
