@@ -2,9 +2,10 @@
 
 Iterates `pipeline.ingest.read_file` over one access log (decompress, split, parse, validate,
 normalise; batch by batch) and prints one JSON line: lines read, events accepted, lines
-quarantined and the seconds spent inside the iteration, which is what the run's
-`stage_seconds['ingest']` counts (start-up and imports excluded; the harness also reports the
-whole process). Nothing is loaded into a database.
+quarantined and the seconds spent inside the iteration (start-up and imports excluded; the
+harness also reports the whole process). Nothing is loaded into a database. (`journeymap
+run` reads the next batch while it loads one, so its `stage_seconds['ingest']` counts only
+the wait for a batch: this measures the reader alone.)
 
 Usage: python bench/parse_log.py ACCESS_LOG [CONFIG.toml]
 """
