@@ -39,6 +39,7 @@ T = TypeVar("T")
 CHUNK_BYTES = 64 * 1024 * 1024
 JSON_BATCH_ROWS = 8192
 PARQUET_BATCH_ROWS = 1_000_000
+PARQUET_VALIDATE_ROWS = 250_000
 EARLIEST_TS = datetime(2000, 1, 1)
 SNIFF_LINES = 1000
 BOM = b"\xef\xbb\xbf"
@@ -530,23 +531,53 @@ def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Ba
     source = str(path)
     try:
         reader = pq.ParquetFile(path)
-        batches = reader.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        batches = reader.iter_batches(batch_size=PARQUET_VALIDATE_ROWS)
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes one quarantine row
         yield _unreadable(path, err)
         return
     mapping = _mapping(cfg.input)
     first_row = 1
+    # Validated in small record batches, handed on in large ones: validating holds several
+    # columns per input column at once (1M-row record batches: 2.2 GB peak where 250k-row
+    # ones take 0.9 GB), while each load checks the stored events for duplicates once, so
+    # fewer, larger loads cost less.
+    parts: list[Batch] = []
     while True:
         try:
             record_batch = next(batches)
         except StopIteration:
-            return
+            break
         except Exception as err:  # noqa: BLE001 - a corrupt row group ends the file, visibly
+            if parts:
+                yield _merged(parts)
             yield _unreadable(path, err, first_row)
             return
         frame = pl.from_arrow(pa.Table.from_batches([record_batch]))
-        yield _parquet_batch(frame, first_row, mapping, cfg, ingested_at, source)
+        parts.append(_parquet_batch(frame, first_row, mapping, cfg, ingested_at, source))
         first_row += frame.height
+        if sum(p.n_read for p in parts) >= PARQUET_BATCH_ROWS:
+            yield _merged(parts)
+            parts = []
+    if parts:
+        yield _merged(parts)
+
+
+def _merged(parts: list[Batch]) -> Batch:
+    """One batch of consecutive batches of one file."""
+    if len(parts) == 1:
+        return parts[0]
+    issues = pl.concat([p.field_issues for p in parts])
+    return Batch(
+        parts[0].source,
+        parts[0].fmt,
+        sum(p.n_read for p in parts),
+        pl.concat([p.events for p in parts]),
+        pl.concat([p.quarantine for p in parts]),
+        issues.group_by("source", "field", maintain_order=True)
+        .agg(pl.col("n_rows").sum())
+        .select(issues.columns),
+        sum(p.n_bytes for p in parts),
+    )
 
 
 def _parquet_batch(

@@ -1009,6 +1009,36 @@ def test_truncated_parquet_is_one_quarantine_row(tmp_path):
     assert loaded.quarantine["reason"].to_list() == ["unreadable_file"]
 
 
+def test_corrupt_later_parquet_row_group_keeps_the_rows_before(tmp_path, monkeypatch):
+    """Rows of the record batches read before a damaged row group are kept (validated batch
+    by batch and gathered into larger ones: the gathered rows are handed on before the damage
+    is reported); the damage is one unreadable_file row at the first row of the broken group."""
+    import pyarrow.parquet as pq
+
+    # One record batch per 10-row group, all gathered into one batch unless damage intervenes.
+    monkeypatch.setattr(ingest, "PARQUET_VALIDATE_ROWS", 10)
+    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 1000)
+
+    path = tmp_path / "events.parquet"
+    pl.DataFrame(
+        {
+            "anonymous_id": [f"v{i}" for i in range(30)],
+            "ts": ["2024-10-10T10:00:00Z"] * 30,
+            "event_type": ["page_view"] * 30,
+            "url": [f"/p/{i}" for i in range(30)],
+        }
+    ).write_parquet(path, row_group_size=10, compression="zstd", statistics=False)
+    column = pq.ParquetFile(path).metadata.row_group(2).column(3)
+    damaged = bytearray(path.read_bytes())
+    start = column.data_page_offset
+    damaged[start : start + column.total_compressed_size] = b"\xff" * column.total_compressed_size
+    path.write_bytes(bytes(damaged))
+    loaded = load(path, "parquet")
+    assert loaded.events["source_line"].to_list() == list(range(1, 21))
+    assert loaded.events["url"].to_list() == [f"/p/{i}" for i in range(20)]
+    assert_quarantined(loaded, [(21, "unreadable_file")])
+
+
 def test_parquet_binary_and_nested_columns_do_not_crash(tmp_path):
     """Binary columns (mapped or not) and a list in a mapped column are read or quarantined;
     a list where a known field belongs is wrong_json_type, like in NDJSON."""
