@@ -710,6 +710,48 @@ def test_device_groups_follow_chains_of_shared_logins():
     assert groups.rows() == [("d1", "u2"), ("d2", "u2"), ("d3", "u2"), ("d4", "u9")]
 
 
+@pytest.mark.parametrize("n_parts", [1, 2, 3, 7])
+def test_person_partitions_keep_persons_whole_and_sessions_unchanged(n_parts):
+    """d1 and d2 share u5, d2 and d3 share u2 (one person's devices, chained); d4 logs in as
+    u9 only later; d5 and d6 never log in. Whatever the number of partitions, each device
+    group lies in one partition, no event is lost or repeated, and sessionising partition by
+    partition gives exactly the sessions and steps of one pass."""
+    frame = events(
+        {"ts": at(), "anonymous_id": "d1"},
+        {"ts": at(m=1), "anonymous_id": "d1", "user_id": "u5"},
+        {"ts": at(m=2), "anonymous_id": "d2", "user_id": "u5"},
+        {"ts": at(m=3), "anonymous_id": "d2"},
+        {"ts": at(m=50), "anonymous_id": "d2", "user_id": "u2"},
+        {"ts": at(h=2), "anonymous_id": "d3"},
+        {"ts": at(h=2, m=5), "anonymous_id": "d3", "user_id": "u2"},
+        {"ts": at(), "anonymous_id": "d4"},
+        {"ts": at(m=10), "anonymous_id": "d4", "user_id": "u9"},
+        {"ts": at(), "anonymous_id": "d5"},
+        {"ts": at(m=5), "anonymous_id": "d6"},
+        {"ts": at(h=1), "anonymous_id": "d6"},
+    ).collect()
+    partitions = sessionize.person_partitions(frame, n_parts)
+    assert 1 <= len(partitions) <= n_parts
+    assert_frame_equal(pl.concat(partitions), frame, check_row_order=False)
+    where = {
+        device: i
+        for i, part in enumerate(partitions)
+        for device in part["anonymous_id"].unique().to_list()
+    }
+    assert where["d1"] == where["d2"] == where["d3"]
+    # Each device in exactly one partition.
+    assert sum(part["anonymous_id"].n_unique() for part in partitions) == 6
+
+    whole_sessions, whole_steps = sessionize.sessionize(frame.lazy(), Config())
+    pieces = [sessionize.sessionize(part.lazy(), Config()) for part in partitions]
+    assert_frame_equal(pl.concat([s for s, _ in pieces]), whole_sessions, check_row_order=False)
+    assert_frame_equal(pl.concat([s for _, s in pieces]), whole_steps, check_row_order=False)
+    # Hand-checked: the chained devices hold two persons, u5 (d1, d2 until u2 logs in) and
+    # u2 (d2's u2 event, then d3 70 minutes later: two sessions); neither is split.
+    by_person = whole_sessions.group_by("person_id").agg(pl.len()).sort("person_id").rows()
+    assert by_person == [("a:d5", 1), ("a:d6", 2), ("u:u2", 2), ("u:u5", 1), ("u:u9", 1)]
+
+
 def test_conversion_and_asset_urls_are_judged_right_on_many_repeated_urls():
     """Both are judged once per distinct URL and looked up per step: on thousands of steps
     over a few URLs (with and without a query) they agree with a regex on every step."""
