@@ -483,8 +483,11 @@ def report(results: list[SizeResult], started: datetime, commit: str) -> str:
         "sessions (30 min gap) → touchpoints (the default rules plus a catch-all) → journeys "
         "(repeats collapsed, cut at the first conversion) → transition counts. Input: the "
         "stored events of the end-to-end run as Parquet, plus 1 % of them again as exact "
-        "duplicates. The end-to-end run reads the generator's Parquet export (vendor column "
-        "names, a few malformed and duplicate rows) and builds every mart, blockers included.",
+        "duplicates. journeymap's core works as `journeymap run` does, on partitions of whole "
+        "persons of about `sessions.partition_events` (1M) events, one at a time; the "
+        "baselines take all events at once. The end-to-end run reads the generator's Parquet "
+        "export (vendor column names, a few malformed and duplicate rows) and builds every "
+        "mart, blockers included.",
         "",
         *table(results),
         "",
