@@ -710,12 +710,18 @@ def test_device_groups_follow_chains_of_shared_logins():
     assert groups.rows() == [("d1", "u2"), ("d2", "u2"), ("d3", "u2"), ("d4", "u9")]
 
 
+@pytest.mark.parametrize("colliding", [False, True], ids=["hashes", "colliding-hashes"])
 @pytest.mark.parametrize("n_parts", [1, 2, 3, 7])
-def test_person_partitions_keep_persons_whole_and_sessions_unchanged(n_parts):
+def test_person_partitions_keep_persons_whole_and_sessions_unchanged(
+    n_parts, colliding, monkeypatch
+):
     """d1 and d2 share u5, d2 and d3 share u2 (one person's devices, chained); d4 logs in as
     u9 only later; d5 and d6 never log in. Whatever the number of partitions, each device
     group lies in one partition, no event is lost or repeated, and sessionising partition by
-    partition gives exactly the sessions and steps of one pass."""
+    partition gives exactly the sessions and steps of one pass. Also when every device id
+    shares one hash (devices then meet their group by id)."""
+    if colliding:
+        monkeypatch.setattr(sessionize, "id_hash", _colliding_hash)
     frame = events(
         {"ts": at(), "anonymous_id": "d1"},
         {"ts": at(m=1), "anonymous_id": "d1", "user_id": "u5"},
