@@ -405,9 +405,13 @@ def map_journeys(
     conversions once touchpoints are known; every mart then uses the same definition.
     """
     rules = touchpoints.effective_rules(cfg)
-    mapped = touchpoints.assign_touchpoints(
-        steps.lazy(), rules, conversion_touchpoint=cfg.conversion.touchpoint
-    ).collect(engine=sessionize.IN_MEMORY)
+    mapped = (
+        touchpoints.assign_touchpoints(
+            steps.lazy(), rules, conversion_touchpoint=cfg.conversion.touchpoint
+        )
+        .collect(engine=sessionize.IN_MEMORY)
+        .rechunk()
+    )
     if cfg.conversion.touchpoint:
         steps = steps.with_columns(is_conversion=mapped["is_conversion"])
         converted = mapped.group_by("session_id").agg(by_touchpoint=pl.col("is_conversion").any())

@@ -382,6 +382,33 @@ def test_a_catalogue_is_one_template():
 # ------------------------------------------------------------------------ the frame itself
 
 
+def test_steps_find_their_key_even_when_every_key_shares_a_hash(monkeypatch):
+    """Steps meet their (url, event type, status) key by a hash of it; when distinct keys
+    share a hash, they are joined by the keys themselves, with the same result."""
+    from pipeline import touchpoints
+
+    frame = steps(
+        ("/cart", "page_view", 200),
+        ("/checkout/payment", "page_view", 500),
+        ("/cart", "add_to_cart", 200),
+        (None, "app_open", None),
+        ("/cart", "page_view", 200),
+        ("/p/a-1", "page_view", 404),
+    )
+    by_hash = assign_touchpoints(frame, DEFAULT_RULES).collect()
+    monkeypatch.setattr(touchpoints, "_key_hash", lambda: pl.lit(7, pl.UInt64))
+    by_keys = assign_touchpoints(frame, DEFAULT_RULES).collect()
+    assert_frame_equal(by_hash, by_keys)
+    assert by_keys["touchpoint"].to_list() == [
+        "cart",
+        "checkout_payment",
+        "cart",
+        "app_open",
+        "cart",
+        "product",
+    ]
+
+
 def test_rows_columns_and_order_are_kept():
     """assign_touchpoints adds `touchpoint` and `stage` and changes nothing else; steps with
     the same key (mapped once) get the same touchpoint."""
