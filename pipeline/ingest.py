@@ -17,10 +17,9 @@ import csv
 import io
 import json
 import os
-import queue
-import threading
 import zlib
 from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -347,50 +346,27 @@ class _Truncated(Exception):
         self.tail, self.reason = tail, reason
 
 
+_END = object()
+
+
 def read_ahead(items: Generator[T, None, None]) -> Generator[T, None, None]:
-    """Yield what `items` yields (and raise what it raises), producing one item ahead in a
-    thread.
+    """Yield what `items` yields (and raise what it raises), producing the next item in a
+    thread while the consumer works on this one.
 
     Inflating the next block, or parsing the next batch, overlaps with the work done on this
-    one: zlib, file reads, Polars and DuckDB all release the GIL. The thread stops, and
-    `items` is closed, when the consumer stops early.
+    one: zlib, file reads, Polars and DuckDB all release the GIL. One item ahead, no more:
+    memory holds one extra block or batch. When the consumer stops early, the item under way
+    is finished and `items` closed.
     """
-    ready: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def hand_over(kind: str, item: object) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put((kind, item), timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not hand_over("item", item):
-                    return
-            hand_over("end", None)
-        except BaseException as err:  # noqa: BLE001 - raised again in the consumer's thread
-            hand_over("error", err)
-        finally:
-            items.close()
-
-    worker = threading.Thread(target=produce, name="journeymap-read-ahead", daemon=True)
-    worker.start()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journeymap-read-ahead")
     try:
-        while True:
-            kind, item = ready.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item  # type: ignore[misc]
-            yield item  # type: ignore[misc]
+        pending = pool.submit(next, items, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, items, _END)
+            yield item
     finally:
-        stop.set()
-        worker.join()
+        pool.shutdown(wait=True)
+        items.close()
 
 
 def _decompressed_blocks(path: Path) -> Iterator[bytes]:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import polars as pl
 
 from pipeline.config import BotConfig, Config, ConversionConfig, StepConfig
-from pipeline.schemas import SESSION_STEPS, SESSIONS, conform
+from pipeline.schemas import SESSION_STEPS, SESSIONS, conform, join_by_hash
 
 # Polars' default (streaming) engine sorts, joins in order and gathers wide frames several
 # times slower than its in-memory engine on a frame that is already in memory (10M events:
@@ -177,22 +177,13 @@ def person_partitions(events: pl.DataFrame, n_parts: int) -> list[pl.DataFrame]:
         return [events]
     logged_in = events.filter(pl.col("user_id").is_not_null()).select("anonymous_id", "user_id")
     groups = device_groups(logged_in.with_columns(pl.all().cast(pl.String)))
-    devices = events.select(pl.col("anonymous_id").cast(pl.String))
-    # Devices meet their group by a 64-bit hash of their id (a join on integers costs a third
-    # of one on text); should two logged-in devices share a hash, by the ids themselves.
-    grouped = groups.select(device=id_hash("anonymous_id"), part=id_hash("group") % n_parts)
-    if grouped["device"].is_duplicated().any():
-        part = (
-            devices.join(groups, on="anonymous_id", how="left", maintain_order="left")
-            .select(device=pl.coalesce("group", "anonymous_id"))
-            .select(id_hash("device") % n_parts)
-        )
-    else:
-        part = (
-            devices.select(device=id_hash("anonymous_id"))
-            .join(grouped, on="device", how="left", maintain_order="left")
-            .select(pl.coalesce("part", pl.col("device") % n_parts))
-        )
+    devices = events.select(pl.col("anonymous_id").cast(pl.String)).lazy()
+    by_group = groups.select("anonymous_id", part=id_hash("group") % n_parts)
+    part = (
+        join_by_hash(devices, by_group, ["anonymous_id"])
+        .select(pl.coalesce("part", id_hash("anonymous_id") % n_parts))
+        .collect()
+    )
     return events.with_columns(part=part.to_series()).partition_by("part", include_key=False)
 
 

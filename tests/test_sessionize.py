@@ -722,6 +722,7 @@ def test_person_partitions_keep_persons_whole_and_sessions_unchanged(
     shares one hash (devices then meet their group by id)."""
     if colliding:
         monkeypatch.setattr(sessionize, "id_hash", _colliding_hash)
+        monkeypatch.setattr(schemas, "key_hash", lambda columns: pl.lit(7, pl.UInt64))
     frame = events(
         {"ts": at(), "anonymous_id": "d1"},
         {"ts": at(m=1), "anonymous_id": "d1", "user_id": "u5"},

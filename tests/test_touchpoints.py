@@ -385,7 +385,7 @@ def test_a_catalogue_is_one_template():
 def test_steps_find_their_key_even_when_every_key_shares_a_hash(monkeypatch):
     """Steps meet their (url, event type, status) key by a hash of it; when distinct keys
     share a hash, they are joined by the keys themselves, with the same result."""
-    from pipeline import touchpoints
+    from pipeline import schemas
 
     frame = steps(
         ("/cart", "page_view", 200),
@@ -396,7 +396,7 @@ def test_steps_find_their_key_even_when_every_key_shares_a_hash(monkeypatch):
         ("/p/a-1", "page_view", 404),
     )
     by_hash = assign_touchpoints(frame, DEFAULT_RULES).collect()
-    monkeypatch.setattr(touchpoints, "_key_hash", lambda: pl.lit(7, pl.UInt64))
+    monkeypatch.setattr(schemas, "key_hash", lambda columns: pl.lit(7, pl.UInt64))
     by_keys = assign_touchpoints(frame, DEFAULT_RULES).collect()
     assert_frame_equal(by_hash, by_keys)
     assert by_keys["touchpoint"].to_list() == [
