@@ -178,13 +178,19 @@ def person_partitions(events: pl.DataFrame, n_parts: int) -> list[pl.DataFrame]:
     logged_in = events.filter(pl.col("user_id").is_not_null()).select("anonymous_id", "user_id")
     groups = device_groups(logged_in.with_columns(pl.all().cast(pl.String)))
     devices = events.select(pl.col("anonymous_id").cast(pl.String)).lazy()
-    by_group = groups.select("anonymous_id", part=id_hash("group") % n_parts)
-    part = (
-        join_by_hash(devices, by_group, ["anonymous_id"])
-        .select(pl.coalesce("part", id_hash("anonymous_id") % n_parts))
-        .collect()
-    )
+    part = with_person_partition(devices, groups, n_parts).select("part").collect()
     return events.with_columns(part=part.to_series()).partition_by("part", include_key=False)
+
+
+def with_person_partition(events: pl.LazyFrame, groups: pl.DataFrame, n_parts: int) -> pl.LazyFrame:
+    """`events` (with a text `anonymous_id`) with `part`, a number below `n_parts`: that of the
+    device's group in `groups` (`device_groups`), else the device's own, so that each
+    person's events share one. Lazy: a scan can be dealt into partition files in one
+    streaming pass, without ever holding all the events (`bench/core_journeymap.py`)."""
+    by_group = groups.select("anonymous_id", part=id_hash("group") % n_parts)
+    return join_by_hash(events, by_group, ["anonymous_id"]).with_columns(
+        part=pl.coalesce("part", id_hash("anonymous_id") % n_parts)
+    )
 
 
 def flag_bots(events: pl.LazyFrame, cfg: BotConfig) -> pl.LazyFrame:

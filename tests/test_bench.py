@@ -156,6 +156,30 @@ def test_contender_computes_the_core_job(script, edge_case_input, bench_run, tmp
     assert_frame_equal(transitions, EXPECTED_TRANSITIONS)
 
 
+@pytest.mark.parametrize("partition_events", [3, 7])
+def test_journeymap_core_in_partitions_computes_the_same_job(
+    partition_events, edge_case_input, bench_run, tmp_path
+):
+    """Dealt into partitions of whole persons (18 rows: 6 or 3 partitions, spilled to files):
+    the same hand-computed sessions and transitions, and the spill files are gone."""
+    events, definitions = edge_case_input
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(BENCH / "core_journeymap.py"), str(events), str(definitions)]
+    cmd += [str(out), str(partition_events)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+    summary, sessions, transitions = bench_run.read_output(out)
+    assert summary == {"n_rows_read": 18, "n_events": 17, "n_sessions": 7}
+    assert_frame_equal(sessions, EXPECTED_SESSIONS)
+    assert_frame_equal(transitions, EXPECTED_TRANSITIONS)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "sessions.parquet",
+        "summary.json",
+        "transitions.parquet",
+    ]
+
+
 def _write_output(folder: Path, transitions: pl.DataFrame) -> Path:
     folder.mkdir()
     EXPECTED_SESSIONS.write_parquet(folder / "sessions.parquet")
