@@ -51,7 +51,7 @@ def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.Data
     # Materialised between stages: stitching and bot flags each join a frame with an
     # aggregate of itself, and a fused plan computes the shared input once per branch
     # (measured: 6.6 s fused vs 3.4 s staged on 2M events).
-    steps = journey_steps(events, cfg.steps)
+    steps = journey_steps(events, cfg.steps).collect(engine=IN_MEMORY).lazy()
     steps = stitch_identities(steps).collect().lazy()
     steps = flag_bots(steps, cfg.bots).collect().with_row_index(EVENT_ROW)
     # Attributes read only at a session's first step stay out of the sort by person: they
@@ -121,10 +121,16 @@ def stitch_identities(events: pl.LazyFrame) -> pl.LazyFrame:
         .sort("ts", "user_id")
         .group_by("anonymous_id")
         .agg(stitched_user_id=pl.col("user_id").first())
+        .collect()
     )
     user = pl.coalesce("user_id", "stitched_user_id")
+    # Looked up rather than joined: a join copies every column of every event, a lookup
+    # only adds one (1M events: 0.03 s vs 0.08 s).
+    stitched = pl.col("anonymous_id").replace_strict(
+        first_login["anonymous_id"], first_login["stitched_user_id"], default=None
+    )
     # One concatenation per event: a coalesce of three prefixed ids would build all three.
-    return events.join(first_login, on="anonymous_id", how="left").with_columns(
+    return events.with_columns(stitched_user_id=stitched).with_columns(
         person_id=pl.concat_str(
             pl.when(user.is_null()).then(pl.lit("a:")).otherwise(pl.lit("u:")),
             pl.coalesce(user, "anonymous_id"),
