@@ -48,9 +48,10 @@ def sessionize(events: pl.LazyFrame, cfg: Config) -> tuple[pl.DataFrame, pl.Data
     `events` needs: event_id, ts, anonymous_id, user_id, event_type, url, host, referrer,
     user_agent, status, revenue, utm_source, utm_medium, utm_campaign.
     """
-    # Materialised between stages: stitching and bot flags each join a frame with an
-    # aggregate of itself, and a fused plan computes the shared input once per branch
-    # (measured: 6.6 s fused vs 3.4 s staged on 2M events).
+    # Materialised between stages: stitching and bot flags each add what an aggregate of
+    # their input says, and a fused plan computes the shared input once per branch
+    # (measured: 6.6 s fused vs 3.4 s staged on 2M events). The step filter too: stitching
+    # collects its aggregate on its own.
     steps = journey_steps(events, cfg.steps).collect(engine=IN_MEMORY).lazy()
     steps = stitch_identities(steps).collect().lazy()
     steps = flag_bots(steps, cfg.bots).collect().with_row_index(EVENT_ROW)
