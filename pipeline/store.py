@@ -305,7 +305,9 @@ def visitor_salt(con: duckdb.DuckDBPyConnection) -> str:
 
 @contextlib.contextmanager
 def _registered(con: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> Iterator[None]:
-    """`frame` visible to DuckDB as the view `name` for the block (zero-copy Arrow)."""
+    """`frame` visible to DuckDB as the view `name` for the block, as Arrow. Numbers pass
+    without a copy; text is copied from Polars' string views into large_string, which
+    DuckDB inserts faster than the views (sessions of two partitions: 1.0 s against 1.3 s)."""
     con.register(name, frame.to_arrow())
     try:
         yield
