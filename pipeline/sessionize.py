@@ -170,30 +170,28 @@ def device_groups(device_users: pl.DataFrame) -> pl.DataFrame:
 
 
 def person_partitions(events: pl.DataFrame, n_parts: int) -> list[pl.DataFrame]:
-    """`events` dealt into at most `n_parts` frames of whole persons, for `sessionize` one at a
-    time: each device group (`device_groups`) lies whole in one frame, and a device that never
-    logged in lies with its own events. Sessions of the frames together are those of one pass.
-
-    A frame is sorted and joined in a fraction of the memory the whole needs, and each
-    partition reuses memory the one before released instead of asking the kernel for more:
-    the 10M-event core job (`make bench`) peaks at about half the memory in 11 partitions,
-    and runs faster. `journeymap run` deals stored events the same way in DuckDB
-    (`store.write_partitions`).
+    """`events` dealt into at most `n_parts` frames of whole persons (`with_person_partition`),
+    for `sessionize` one at a time: sessions of the frames together are those of one pass, and
+    a frame is sorted and joined in a fraction of the memory the whole needs. For a frame
+    already in memory (a notebook); `journeymap run` deals stored events the same way in
+    DuckDB (`store.write_partitions`).
     """
     if n_parts <= 1:
         return [events]
-    logged_in = events.filter(pl.col("user_id").is_not_null()).select("anonymous_id", "user_id")
-    groups = device_groups(logged_in.with_columns(pl.all().cast(pl.String)))
-    devices = events.select(pl.col("anonymous_id").cast(pl.String)).lazy()
-    part = with_person_partition(devices, groups, n_parts).select("part").collect()
+    # The rule reads only the ids: the wide frame is dealt once, not joined.
+    ids = events.lazy().select("anonymous_id", "user_id")
+    part = with_person_partition(ids, n_parts).select("part").collect()
     return events.with_columns(part=part.to_series()).partition_by("part", include_key=False)
 
 
-def with_person_partition(events: pl.LazyFrame, groups: pl.DataFrame, n_parts: int) -> pl.LazyFrame:
-    """`events` (with a text `anonymous_id`) with `part`, a number below `n_parts`: that of the
-    device's group in `groups` (`device_groups`), else the device's own, so that each
-    person's events share one. Lazy: a scan can be dealt into partition files in one
-    streaming pass, without ever holding all the events (`bench/core_journeymap.py`)."""
+def with_person_partition(events: pl.LazyFrame, n_parts: int) -> pl.LazyFrame:
+    """`events` (text `anonymous_id` and `user_id`) with `part`, a number below `n_parts`:
+    that of the device's group (`device_groups`, from the logged-in devices, collected here),
+    else the device's own, so that each person's events share one. Otherwise lazy: a scan can
+    be dealt into partition files in one streaming pass, without ever holding all the events
+    (`bench/core_journeymap.py`)."""
+    logged_in = events.filter(pl.col("user_id").is_not_null()).select("anonymous_id", "user_id")
+    groups = device_groups(logged_in.collect())
     by_group = groups.select("anonymous_id", part=id_hash("group") % n_parts)
     return join_by_hash(events, by_group, ["anonymous_id"]).with_columns(
         part=pl.coalesce("part", id_hash("anonymous_id") % n_parts)
