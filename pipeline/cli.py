@@ -219,7 +219,8 @@ def _load(con, paths, cfg, fmt, summary, progress, ingested_at) -> None:
                 stats["n_duplicates"] += n_duplicates
                 stats["n_quarantined"] += batch.quarantine.height
                 reasons.update(dict(batch.quarantine["reason"].value_counts().iter_rows()))
-                nulled.update(dict(batch.field_issues.select("field", "n_rows").iter_rows()))
+                for fld, n_rows in batch.field_issues.select("field", "n_rows").iter_rows():
+                    nulled[fld] += n_rows
                 rows += batch.n_read
                 progress.update("ingest", done_bytes, total_bytes, rows)
                 progress.event("batch_loaded", source=str(path), rows=batch.n_read)

@@ -542,16 +542,13 @@ def _merged(parts: list[Batch]) -> Batch:
     """One batch of consecutive batches of one file."""
     if len(parts) == 1:
         return parts[0]
-    issues = pl.concat([p.field_issues for p in parts])
     return Batch(
         parts[0].source,
         parts[0].fmt,
         sum(p.n_read for p in parts),
         pl.concat([p.events for p in parts]),
         pl.concat([p.quarantine for p in parts]),
-        issues.group_by("source", "field", maintain_order=True)
-        .agg(pl.col("n_rows").sum())
-        .select(issues.columns),
+        pl.concat([p.field_issues for p in parts]),
         sum(p.n_bytes for p in parts),
     )
 

@@ -1039,6 +1039,27 @@ def test_corrupt_later_parquet_row_group_keeps_the_rows_before(tmp_path, monkeyp
     assert_quarantined(loaded, [(21, "unreadable_file")])
 
 
+def test_nulled_fields_of_gathered_parquet_batches_are_all_counted(tmp_path, monkeypatch):
+    """Validated in 2-row record batches and gathered into one: a wrong status in each of the
+    three record batches is nulled, and the run counts all three."""
+    monkeypatch.setattr(ingest, "PARQUET_VALIDATE_ROWS", 2)
+    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 1000)
+    path = tmp_path / "events.parquet"
+    pl.DataFrame(
+        {
+            "anonymous_id": [f"v{i}" for i in range(6)],
+            "ts": ["2024-10-10T10:00:00Z"] * 6,
+            "event_type": ["page_view"] * 6,
+            "url": [f"/p/{i}" for i in range(6)],
+            "status": ["abc", "200", "404", "x", "oops", "500"],
+        }
+    ).write_parquet(path)
+    loaded = load(path, "parquet")
+    assert_accepted(loaded, {"status": [None, 200, 404, None, None, 500]})
+    summary_nulled = query(loaded.db, "select nulled_fields::varchar as n from raw.runs")
+    assert json.loads(summary_nulled["n"][0]) == {"status": 3}
+
+
 def test_parquet_binary_and_nested_columns_do_not_crash(tmp_path):
     """Binary columns (mapped or not) and a list in a mapped column are read or quarantined;
     a list where a known field belongs is wrong_json_type, like in NDJSON."""
