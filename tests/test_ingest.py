@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import polars as pl
 import pytest
@@ -539,6 +543,126 @@ def test_corrupt_later_gzip_member_keeps_the_earlier_members(tmp_path):
     assert_quarantined(loaded, [(3, "corrupt_gzip")])
 
 
+# ------------------------------------------------------------------------ blocks and batches
+
+# Lines of each line format, good and bad, for reading files cut into tiny blocks.
+BLOCK_LINES = {
+    "combined": [
+        clf(),
+        clf(request="GET /b HTTP/1.1", ua='say \\"hi\\"'),
+        "not a log line",
+        "",
+        clf(ts="31/Feb/2024:10:00:00 +0000"),
+    ],
+    "ndjson": [event(), event(url="/b", user_id="u1"), "{broken", "", event(ts="yesterday")],
+    "csv": [
+        "a1,2024-10-10T10:00:00Z,page_view,/a",
+        'a2,2024-10-10T10:05:00Z,page_view,"/b,c"',
+        "a3,,page_view,/c",
+        "",
+        "a4,2024-10-10T10:06:00Z",
+    ],
+}
+CSV_HEADER = "anonymous_id,ts,event_type,url"
+
+
+def read_all(path: Path, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame, list[int]]:
+    """Events and quarantine (by line) of every batch of a file, and each batch's rows read."""
+    batches = list(ingest.read_file(path, fmt, Config(), NOW))
+    events = pl.concat([b.events for b in batches])
+    quarantine = pl.concat([b.quarantine for b in batches]).sort("source_line", "reason")
+    return events, quarantine, [b.n_read for b in batches]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fmt=st.sampled_from(sorted(BLOCK_LINES)),
+    picks=st.lists(st.integers(0, 4), min_size=1, max_size=30),
+    invalid_at=st.none() | st.integers(0, 29),
+    compressed=st.booleans(),
+    bom=st.booleans(),
+    block_bytes=st.integers(1, 200),
+    read_bytes=st.integers(1, 50),
+    batch_rows=st.integers(1, 8),
+)
+def test_tiny_blocks_and_batches_read_what_one_block_reads(
+    tmp_path_factory, fmt, picks, invalid_at, compressed, bom, block_bytes, read_bytes, batch_rows
+):
+    """However a file is cut into blocks (lines straddling them, a gzip member inflated a few
+    bytes at a time) and however many chunks make a batch, the events (in their order) and the
+    quarantine are those of reading it in one block; each batch but the last has at least
+    BATCH_ROWS rows."""
+    rows = [BLOCK_LINES[fmt][i] for i in picks]
+    body = lines(*rows).encode()
+    if invalid_at is not None and invalid_at < len(rows):
+        # A line that is not UTF-8 is quarantined where it stands.
+        body = b"".join(
+            line + b"\xff\xfe\n" if i == invalid_at else line + b"\n"
+            for i, line in enumerate(body.split(b"\n")[:-1])
+        )
+    if fmt == "csv":
+        body = (CSV_HEADER + "\n").encode() + body
+    body = ingest.BOM + body if bom else body
+    content = gzip.compress(body) if compressed else body
+    path = write(tmp_path_factory.mktemp("blocks"), f"input.{fmt}", content)
+    whole_events, whole_quarantine, _ = read_all(path, fmt)
+    with (
+        mock.patch.object(ingest, "BLOCK_BYTES", block_bytes),
+        mock.patch.object(ingest, "GZIP_READ_BYTES", read_bytes),
+        mock.patch.object(ingest, "BATCH_ROWS", batch_rows),
+    ):
+        events, quarantine, n_reads = read_all(path, fmt)
+    assert_frame_equal(events, whole_events)
+    assert_frame_equal(quarantine, whole_quarantine)
+    assert all(n >= batch_rows for n in n_reads[:-1]), n_reads
+    assert sum(n_reads) == events.height + quarantine.height
+
+
+def test_in_order_yields_results_in_job_order_with_bounded_concurrency():
+    """Jobs that finish out of order still come back in order, never more than `workers`
+    under way at once; a job's error is raised at its turn, after the results before it."""
+    lock = threading.Lock()
+    running = peak = 0
+
+    def job(i: int, pause: float):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(pause)
+        with lock:
+            running -= 1
+        if i == 4:
+            raise ValueError("job 4 failed")
+        return i
+
+    # Earlier jobs sleep longer, so later ones finish first.
+    jobs = (partial(job, i, 0.05 * (6 - i)) for i in range(6))
+    results = []
+    with pytest.raises(ValueError, match="job 4 failed"):
+        for result in ingest.in_order(jobs, workers=3):
+            results.append(result)
+    assert results == [0, 1, 2, 3]
+    assert peak == 3
+
+
+def test_in_order_closes_its_jobs_when_the_consumer_stops_early():
+    """A consumer that stops after one result leaves no job generator open."""
+    closed = []
+
+    def jobs():
+        try:
+            for i in range(100):
+                yield lambda i=i: i
+        finally:
+            closed.append(True)
+
+    results = ingest.in_order(jobs(), workers=2)
+    assert next(results) == 0
+    results.close()
+    assert closed == [True]
+
+
 # ------------------------------------------------------------------------ empty files
 
 
@@ -1017,7 +1141,7 @@ def test_corrupt_later_parquet_row_group_keeps_the_rows_before(tmp_path, monkeyp
 
     # One record batch per 10-row group, all gathered into one batch unless damage intervenes.
     monkeypatch.setattr(ingest, "PARQUET_VALIDATE_ROWS", 10)
-    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 1000)
+    monkeypatch.setattr(ingest, "BATCH_ROWS", 1000)
 
     path = tmp_path / "events.parquet"
     pl.DataFrame(
@@ -1043,7 +1167,7 @@ def test_nulled_fields_of_gathered_parquet_batches_are_all_counted(tmp_path, mon
     """Validated in 2-row record batches and gathered into one: a wrong status in each of the
     three record batches is nulled, and the run counts all three."""
     monkeypatch.setattr(ingest, "PARQUET_VALIDATE_ROWS", 2)
-    monkeypatch.setattr(ingest, "PARQUET_BATCH_ROWS", 1000)
+    monkeypatch.setattr(ingest, "BATCH_ROWS", 1000)
     path = tmp_path / "events.parquet"
     pl.DataFrame(
         {
