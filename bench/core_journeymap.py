@@ -5,7 +5,8 @@ whole persons (`sessionize.with_person_partition`, about `sessions.partition_eve
 each), spilled to a file per partition in one streaming pass as the run spills stored events,
 then per partition `sessionize`, `pipeline.cli.map_journeys` and the edges and counts of
 `journey_marts`, with `definitions.core_config()`; the counts of the partitions are added up
-(their sessions are disjoint). Memory holds one partition's work, never all the events.
+(their sessions are disjoint). Unlike the run, two half-size partitions are worked on at once
+(see PARTITION_WORKERS). Memory holds their work, never all the events.
 Exact duplicates are dropped per partition (`schemas.without_duplicate_rows`; identical rows
 share a person, so a partition); journeymap drops them when it loads events into its store,
 which this job does not use.
@@ -22,6 +23,7 @@ import json
 import shutil
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -30,11 +32,18 @@ from definitions import core_config
 
 from pipeline import journeys, sessionize
 from pipeline.cli import map_journeys
+from pipeline.ingest import in_order
 from pipeline.schemas import EVENTS, without_duplicate_rows
 
 # Columns sessionize needs that the core job's input does not have.
 ABSENT = [c for c in EVENTS.columns if c not in ("source", "source_line")]
 SINK_CHUNK_ROWS = 20_000
+# Partitions sessionised at once, in threads (Polars releases the GIL), each half the size of
+# the run's: about the memory of the run's one at a time. One partition's work leaves a core
+# idle part of the time; the run fills it with the DuckDB write of the partition before, this
+# job, which stores nothing, with the next partition. Measured at 10M events on 2 cores: 24 s
+# and 1.0 GB peak, against 29 s and 1.1 GB one 1M-event partition at a time.
+PARTITION_WORKERS = 2
 
 
 def main(events_path: Path, out: Path, partition_events: int | None = None) -> None:
@@ -42,37 +51,23 @@ def main(events_path: Path, out: Path, partition_events: int | None = None) -> N
     out.mkdir(parents=True, exist_ok=True)
     events = pl.scan_parquet(events_path)
     n_rows_read = events.select(pl.len()).collect().item()
-    n_parts = -(-n_rows_read // (partition_events or cfg.sessions.partition_events))
+    partition_events = partition_events or cfg.sessions.partition_events // PARTITION_WORKERS
+    n_parts = -(-n_rows_read // partition_events)
     n_events = n_journey_sessions = 0
     transition_parts = []
+    partitions = person_partitions(events, n_parts, out / "partitions")
+    jobs = (partial(core_job, cfg, part) for part in partitions)
     # Sessions are written partition by partition: a partition's sessions share their id
     # buffers with its steps, and holding them would hold every partition's steps.
-    with contextlib.closing(SessionWriter(out / "sessions.parquet")) as sessions_out:
-        for part in person_partitions(events, n_parts, out / "partitions"):
-            # Added per partition, not before the spill: a constant column added to a frame
-            # stays one value, which sorts and joins carry for free; spilled, it would be a
-            # column of nulls in every file (10M events: 5-11 s slower).
-            part = without_duplicate_rows(
-                part.with_columns(
-                    pl.lit(None, EVENTS.columns[c]).alias(c)
-                    for c in ABSENT
-                    if c not in part.columns
-                )
-            )
-            sessions, steps = sessionize.sessionize(part.lazy(), cfg)
-            sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
-            journey_sessions = sessions.filter(~pl.col("is_bot"))
-            edges = journeys.journey_edges(
-                journey_steps.lazy(), journey_sessions.lazy(), segments=False
-            )
-            transition_parts.append(journeys.count_transitions(edges).collect())
-            sessions_out.write(
-                sessions.select(
-                    "person_id", "started_at", n_events="n_steps", is_converted="is_converted"
-                )
-            )
-            n_events += steps.height
-            n_journey_sessions += journey_sessions.height
+    with (
+        contextlib.closing(SessionWriter(out / "sessions.parquet")) as sessions_out,
+        contextlib.closing(in_order(jobs, PARTITION_WORKERS)) as done,
+    ):
+        for transition_counts, sessions, n_part_events, n_part_sessions in done:
+            transition_parts.append(transition_counts)
+            sessions_out.write(sessions)
+            n_events += n_part_events
+            n_journey_sessions += n_part_sessions
     transitions = (
         pl.concat(transition_parts)
         .group_by("from_touchpoint", "to_touchpoint")
@@ -86,6 +81,28 @@ def main(events_path: Path, out: Path, partition_events: int | None = None) -> N
         "n_sessions": n_journey_sessions,
     }
     (out / "summary.json").write_text(json.dumps(summary) + "\n")
+
+
+def core_job(cfg, part: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int, int]:
+    """One partition's transition counts, sessions, events and journey sessions."""
+    # Added per partition, not before the spill: a constant column added to a frame stays
+    # one value, which sorts and joins carry for free; spilled, it would be a column of nulls
+    # in every file (10M events: 5-11 s slower).
+    part = without_duplicate_rows(
+        part.with_columns(
+            pl.lit(None, EVENTS.columns[c]).alias(c) for c in ABSENT if c not in part.columns
+        )
+    )
+    sessions, steps = sessionize.sessionize(part.lazy(), cfg)
+    sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
+    journey_sessions = sessions.filter(~pl.col("is_bot"))
+    edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy(), segments=False)
+    return (
+        journeys.count_transitions(edges).collect(),
+        sessions.select("person_id", "started_at", n_events="n_steps", is_converted="is_converted"),
+        steps.height,
+        journey_sessions.height,
+    )
 
 
 def person_partitions(events: pl.LazyFrame, n_parts: int, folder: Path) -> Iterator[pl.DataFrame]:

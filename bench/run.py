@@ -484,8 +484,10 @@ def report(results: list[SizeResult], started: datetime, commit: str) -> str:
         "(repeats collapsed, cut at the first conversion) → transition counts. Input: the "
         "stored events of the end-to-end run as Parquet, plus 1 % of them again as exact "
         "duplicates. journeymap's core works as `journeymap run` does, on partitions of whole "
-        "persons of about `sessions.partition_events` (1M) events, one at a time, dealt from "
-        "the Parquet file into a file per partition in one streaming pass; the "
+        "persons dealt from the Parquet file into a file per partition in one streaming pass, "
+        "but two partitions of half `sessions.partition_events` (500k events) at a time in "
+        "threads, where the run sessionises one 1M-event partition at a time and stores the "
+        "one before it meanwhile; the "
         "baselines take all events at once. The end-to-end run reads the generator's Parquet "
         "export (vendor column names, a few malformed and duplicate rows) and builds every "
         "mart, blockers included.",
