@@ -320,12 +320,12 @@ def _parsed_chunk(
 def in_order(jobs: Iterator[Callable[[], T]], workers: int) -> Iterator[T]:
     """Run `jobs` up to `workers` at a time in threads; yield their results in job order.
 
-    Polars releases the GIL while it computes, so chunks parse side by side. At most
-    `workers` jobs are under way, so memory holds that many chunks' work. A job's exception
-    is raised when its turn comes; when the consumer stops early, the jobs under way finish
-    and `jobs` is closed.
+    Polars releases the GIL while it computes, so jobs (chunks of lines to parse, partitions
+    to sessionise) run side by side. At most `workers` jobs are under way, so memory holds
+    that many jobs' work. A job's exception is raised when its turn comes; when the consumer
+    stops early, the jobs under way finish and `jobs` is closed.
     """
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="journeymap-parse")
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="journeymap-job")
     under_way: deque[Future[T]] = deque()
     try:
         for job in jobs:
@@ -357,6 +357,7 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
     pending = b""
     gathered: list[bytes] = []
     n_gathered = 0
+    has_newline = False
     truncated_reason: str | None = None
     at_start = True
     blocks = read_ahead(_decompressed_blocks(path))
@@ -369,11 +370,16 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
             block, truncated_reason = cut.tail, cut.reason
         gathered.append(block)
         n_gathered += len(block)
-        # Never less than a byte-order mark: one split across blocks is still recognised.
-        if truncated_reason is None and n_gathered < max(BLOCK_BYTES, len(BOM)):
+        has_newline = has_newline or b"\n" in block
+        # Never less than a byte-order mark: one split across blocks is still recognised. A
+        # line longer than a block is gathered whole before it is joined, not joined again
+        # with every block (a one-line JSON export of a gigabyte).
+        if truncated_reason is None and (
+            n_gathered < max(BLOCK_BYTES, len(BOM)) or not has_newline
+        ):
             continue
         data = b"".join([pending, *gathered])
-        gathered, n_gathered = [], 0
+        gathered, n_gathered, has_newline = [], 0, False
         if at_start and data:
             # A UTF-8 byte-order mark (Windows tools write one) is not part of the first line.
             data, at_start = data.removeprefix(BOM), False
