@@ -214,17 +214,9 @@ def read_file(
         return
     if fmt not in LINE_FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(ALL_FORMATS)}")
-    # Parsed in small chunks, handed on in large batches, as Parquet is (see _read_parquet).
-    parts: list[Batch] = []
     jobs = _parse_jobs(path, fmt, cfg, ingested_at)
     with contextlib.closing(in_order(jobs, PARSE_WORKERS)) as parsed:
-        for batch in parsed:
-            parts.append(batch)
-            if sum(p.n_read for p in parts) >= BATCH_ROWS:
-                yield _merged(parts)
-                parts = []
-    if parts:
-        yield _merged(parts)
+        yield from _gathered(parsed)
 
 
 def _parse_jobs(
@@ -358,39 +350,39 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
     gathered: list[bytes] = []
     n_gathered = 0
     has_newline = False
-    truncated_reason: str | None = None
     at_start = True
     blocks = read_ahead(_decompressed_blocks(path))
-    while truncated_reason is None:
+    while True:
+        # The last chunk is all that is left: at the end of the file, or where a damaged gzip
+        # stops (`truncated_reason`).
+        last, truncated_reason = False, None
         try:
             block = next(blocks)
         except StopIteration:
-            break
+            block, last = b"", True
         except _Truncated as cut:
-            block, truncated_reason = cut.tail, cut.reason
+            block, last, truncated_reason = cut.tail, True, cut.reason
         gathered.append(block)
         n_gathered += len(block)
         has_newline = has_newline or b"\n" in block
         # Never less than a byte-order mark: one split across blocks is still recognised. A
         # line longer than a block is gathered whole before it is joined, not joined again
         # with every block (a one-line JSON export of a gigabyte).
-        if truncated_reason is None and (
-            n_gathered < max(BLOCK_BYTES, len(BOM)) or not has_newline
-        ):
+        if not last and (n_gathered < max(BLOCK_BYTES, len(BOM)) or not has_newline):
             continue
         data = b"".join([pending, *gathered])
         gathered, n_gathered, has_newline = [], 0, False
         if at_start and data:
             # A UTF-8 byte-order mark (Windows tools write one) is not part of the first line.
             data, at_start = data.removeprefix(BOM), False
-        if truncated_reason is None:
+        if not last:
             cut_at = data.rfind(b"\n") + 1
             # A view, not a copy: a block is megabytes.
             pending, data = data[cut_at:], memoryview(data)[:cut_at]
-        else:
-            pending = b""
-        # A cut that falls on a line boundary leaves no partial line: say so with a marker row,
-        # so a damaged file is never silently shorter.
+        # The last line may have no newline: still a line (most tools write one, some don't).
+        # Where a damaged stream cuts it short, it is quarantined; a cut that falls on a line
+        # boundary leaves no partial line: a marker row says so, so a damaged file is never
+        # silently shorter.
         cut_mid_line = truncated_reason is not None and data and not data.endswith(b"\n")
         if data:
             chunk = _split_lines(
@@ -400,14 +392,8 @@ def _line_chunks(path: Path, max_line_bytes: int) -> Iterator[_Chunk]:
             yield chunk
         if truncated_reason is not None and not cut_mid_line:
             yield _marker_chunk(line_no + 1, truncated_reason)
-    if truncated_reason is None:
-        data = b"".join([pending, *gathered])
-        if at_start:
-            data = data.removeprefix(BOM)
-        if data:
-            # The last line may have no newline: still a line (most tools write one, some
-            # don't).
-            yield _split_lines(data, line_no, max_line_bytes, None)
+        if last:
+            return
 
 
 def _marker_chunk(line_no: int, reason: str) -> _Chunk:
@@ -592,6 +578,12 @@ def _invalid_utf8_lines(
 
 def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Batch]:
     """Read a Parquet file in record batches, so memory stays bounded by the batch size."""
+    yield from _gathered(_parquet_batches(path, cfg, ingested_at))
+
+
+def _parquet_batches(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Batch]:
+    """Validate a Parquet file record batch by record batch; a damaged file or row group ends
+    it with one unreadable_file row."""
     import pyarrow.parquet as pq
 
     source = str(path)
@@ -603,27 +595,35 @@ def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Ba
         return
     mapping = _mapping(cfg.input)
     first_row = 1
-    # Validated in small record batches, handed on in large ones: validating holds several
-    # columns per input column at once (1M-row record batches: 2.2 GB peak where 250k-row
-    # ones take 0.9 GB), while each load checks the stored events for duplicates once, so
-    # fewer, larger loads cost less.
-    parts: list[Batch] = []
     while True:
         try:
             record_batch = next(batches)
         except StopIteration:
-            break
+            return
         except Exception as err:  # noqa: BLE001 - a corrupt row group ends the file, visibly
-            if parts:
-                yield _merged(parts)
             yield _unreadable(path, err, first_row)
             return
         frame = pl.from_arrow(pa.Table.from_batches([record_batch]))
-        parts.append(_parquet_batch(frame, first_row, mapping, cfg, ingested_at, source))
+        yield _parquet_batch(frame, first_row, mapping, cfg, ingested_at, source)
         first_row += frame.height
-        if sum(p.n_read for p in parts) >= BATCH_ROWS:
+
+
+def _gathered(batches: Iterator[Batch]) -> Iterator[Batch]:
+    """Consecutive batches of one file, merged until each holds at least BATCH_ROWS rows read.
+
+    Validated small, handed on large: validating holds several columns per input column at
+    once (Parquet in 1M-row record batches: 2.2 GB peak where 250k-row ones take 0.9 GB),
+    while each load checks the stored events for duplicates once, so fewer, larger loads cost
+    less.
+    """
+    parts: list[Batch] = []
+    n_read = 0
+    for batch in batches:
+        parts.append(batch)
+        n_read += batch.n_read
+        if n_read >= BATCH_ROWS:
             yield _merged(parts)
-            parts = []
+            parts, n_read = [], 0
     if parts:
         yield _merged(parts)
 

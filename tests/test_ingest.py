@@ -1133,25 +1133,35 @@ def test_truncated_parquet_is_one_quarantine_row(tmp_path):
     assert loaded.quarantine["reason"].to_list() == ["unreadable_file"]
 
 
-def test_corrupt_later_parquet_row_group_keeps_the_rows_before(tmp_path, monkeypatch):
-    """Rows of the record batches read before a damaged row group are kept (validated batch
-    by batch and gathered into larger ones: the gathered rows are handed on before the damage
-    is reported); the damage is one unreadable_file row at the first row of the broken group."""
-    import pyarrow.parquet as pq
+def page_views(n: int, **columns: list) -> pl.DataFrame:
+    """`n` page views of devices v0, v1, ... on /p/0, /p/1, ..., plus `columns`."""
+    return pl.DataFrame(
+        {
+            "anonymous_id": [f"v{i}" for i in range(n)],
+            "ts": ["2024-10-10T10:00:00Z"] * n,
+            "event_type": ["page_view"] * n,
+            "url": [f"/p/{i}" for i in range(n)],
+            **columns,
+        }
+    )
 
-    # One record batch per 10-row group, all gathered into one batch unless damage intervenes.
-    monkeypatch.setattr(ingest, "PARQUET_VALIDATE_ROWS", 10)
+
+def gather_parquet_batches(monkeypatch, validate_rows: int) -> None:
+    """Validate Parquet in record batches of `validate_rows`, all gathered into one batch."""
+    monkeypatch.setattr(ingest, "PARQUET_VALIDATE_ROWS", validate_rows)
     monkeypatch.setattr(ingest, "BATCH_ROWS", 1000)
 
+
+def test_corrupt_later_parquet_row_group_keeps_the_rows_before(tmp_path, monkeypatch):
+    """Rows of the record batches read before a damaged row group are kept (validated batch
+    by batch and gathered into larger ones); the damage is one unreadable_file row at the
+    first row of the broken group."""
+    import pyarrow.parquet as pq
+
+    # One record batch per 10-row group.
+    gather_parquet_batches(monkeypatch, 10)
     path = tmp_path / "events.parquet"
-    pl.DataFrame(
-        {
-            "anonymous_id": [f"v{i}" for i in range(30)],
-            "ts": ["2024-10-10T10:00:00Z"] * 30,
-            "event_type": ["page_view"] * 30,
-            "url": [f"/p/{i}" for i in range(30)],
-        }
-    ).write_parquet(path, row_group_size=10, compression="zstd", statistics=False)
+    page_views(30).write_parquet(path, row_group_size=10, compression="zstd", statistics=False)
     column = pq.ParquetFile(path).metadata.row_group(2).column(3)
     damaged = bytearray(path.read_bytes())
     start = column.data_page_offset
@@ -1166,18 +1176,9 @@ def test_corrupt_later_parquet_row_group_keeps_the_rows_before(tmp_path, monkeyp
 def test_nulled_fields_of_gathered_parquet_batches_are_all_counted(tmp_path, monkeypatch):
     """Validated in 2-row record batches and gathered into one: a wrong status in each of the
     three record batches is nulled, and the run counts all three."""
-    monkeypatch.setattr(ingest, "PARQUET_VALIDATE_ROWS", 2)
-    monkeypatch.setattr(ingest, "BATCH_ROWS", 1000)
+    gather_parquet_batches(monkeypatch, 2)
     path = tmp_path / "events.parquet"
-    pl.DataFrame(
-        {
-            "anonymous_id": [f"v{i}" for i in range(6)],
-            "ts": ["2024-10-10T10:00:00Z"] * 6,
-            "event_type": ["page_view"] * 6,
-            "url": [f"/p/{i}" for i in range(6)],
-            "status": ["abc", "200", "404", "x", "oops", "500"],
-        }
-    ).write_parquet(path)
+    page_views(6, status=["abc", "200", "404", "x", "oops", "500"]).write_parquet(path)
     loaded = load(path, "parquet")
     assert_accepted(loaded, {"status": [None, 200, 404, None, None, 500]})
     summary_nulled = query(loaded.db, "select nulled_fields::varchar as n from raw.runs")
