@@ -13,6 +13,7 @@ first conversion (order status, returns, questions) are the service phase: they 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import polars as pl
 
@@ -20,8 +21,12 @@ from pipeline.graph import CONVERSION, EXIT, START, wilson_bounds
 from pipeline.schemas import JOURNEY_STEPS
 from pipeline.sessionize import IN_MEMORY, in_seconds
 
-SEGMENT_DIMENSIONS = ("device", "browser", "os", "channel", "device_browser")
+# Session columns journeys are broken down by (`session_segments`).
+SESSION_SEGMENTS = ("device", "browser", "os", "channel")
+SEGMENT_DIMENSIONS = (*SESSION_SEGMENTS, "device_browser")
 PATH_SEPARATOR = " > "
+
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 JOURNEY_STEPS_SCHEMA = JOURNEY_STEPS.columns
 
@@ -156,10 +161,9 @@ def _previous_in_session(column: str, n: int = 1) -> pl.Expr:
 def session_segments(sessions: pl.LazyFrame) -> pl.LazyFrame:
     """The segment columns of each journey session (Categorical: a handful of values copied
     onto millions of edges and steps), and its date."""
-    segments = ["device", "browser", "os", "channel"]
     return sessions.select(
         "session_id",
-        *[pl.col(c).cast(pl.Categorical) for c in segments],
+        *[pl.col(c).cast(pl.Categorical) for c in SESSION_SEGMENTS],
         device_browser=pl.format("{} / {}", pl.col("device"), pl.col("browser")).cast(
             pl.Categorical
         ),
@@ -401,6 +405,17 @@ def _touchpoint_stage(stage_counts: pl.DataFrame) -> pl.DataFrame:
 
 def session_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
     """One row per journey: its path, the path with loops folded, length, outcome, time."""
+    return _spelled_out(_coded_paths(journey_steps, sessions))
+
+
+def _coded_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """`session_paths` with each path a list of Categorical touchpoints (`_spelled_out`
+    writes them as text).
+
+    Journeys repeat a few thousand paths: counted as lists of codes, only the distinct paths
+    are joined into text (a partition of 500k journey steps: 0.13 s against 0.36 s joining
+    every session's path).
+    """
     # Loops folded: each touchpoint kept at its first visit (A > B > A > C becomes A > B > C).
     # Steps in session order (stored and fresh ones come that way), then a group-by that keeps
     # each session's rows in that order: sorting inside every group, or a first-visit flag
@@ -408,11 +423,11 @@ def session_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.Laz
     first_visit = pl.struct("session_id", "touchpoint").is_first_distinct()
     ordered = in_session_order(journey_steps.collect(), "position").lazy()
     paths = (
-        ordered.with_columns(first_visit=first_visit)
+        ordered.with_columns(pl.col("touchpoint").cast(pl.Categorical), first_visit=first_visit)
         .group_by("session_id", maintain_order=True)
         .agg(
-            path=pl.col("touchpoint").str.join(PATH_SEPARATOR),
-            path_folded=pl.col("touchpoint").filter("first_visit").str.join(PATH_SEPARATOR),
+            path=pl.col("touchpoint"),
+            path_folded=pl.col("touchpoint").filter("first_visit"),
             n_steps=pl.len().cast(pl.UInt32),
             first_at=pl.col("entered_at").min(),
             converted_at=pl.col("entered_at").filter(pl.col("is_conversion")).min(),
@@ -427,6 +442,15 @@ def session_paths(journey_steps: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.Laz
         .then(pl.lit("converted"))
         .otherwise(pl.lit("abandoned")),
         seconds_to_convert=in_seconds(pl.col("converted_at") - pl.col("first_at")),
+    )
+
+
+def _spelled_out(coded: Frame) -> Frame:
+    """Paths of `_coded_paths` (or counts of them) as text: touchpoints joined by " > "."""
+    return coded.with_columns(
+        pl.col("path", "path_folded")
+        .list.eval(pl.element().cast(pl.String))
+        .list.join(PATH_SEPARATOR)
     )
 
 
@@ -866,7 +890,7 @@ def mart_pieces(journey_steps: pl.DataFrame, sessions: pl.DataFrame) -> MartPiec
         stages=_stage_counts(steps),
         loops=loops,
         visits=visits,
-        paths=_path_counts(session_paths(steps, outcome)),
+        paths=_spelled_out(_path_counts(_coded_paths(steps, outcome))),
     )
 
 
@@ -883,7 +907,9 @@ def _numbered_sessions(
     first_row = (pl.col("session_id") != pl.col("session_id").shift(1)).fill_null(True)
     steps = steps.with_columns(number=first_row.cast(pl.UInt32).cum_sum())
     numbers = steps.filter(first_row).select("session_id", "number")
-    sessions = sessions.join(numbers, on="session_id").drop("session_id")
+    # Only the columns the pieces read are joined: a session row carries twenty, mostly text.
+    read = sessions.select("session_id", "is_converted", "started_at", *SESSION_SEGMENTS)
+    sessions = read.join(numbers, on="session_id").drop("session_id")
     return (
         steps.drop("session_id").rename({"number": "session_id"}),
         sessions.rename({"number": "session_id"}),
