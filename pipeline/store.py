@@ -619,13 +619,18 @@ def write_partitions(
     (100M events in 50 partitions: about 400 s of rescans). Here DuckDB streams one scan,
     joined only with the logged-in devices (`groups`, a small table: joined with every
     device, the join spilled the whole table to disk at 100M events), and Polars deals the
-    rows. The files are LZ4-compressed Arrow, read back whole, deleted by the caller.
+    rows. The files are LZ4-compressed Arrow streams, read back whole, deleted by the caller.
+
+    Rows are typed as `read_events` gives them before they are dealt: low-cardinality text
+    is dealt, written and read back as dictionary codes, not as text (10M events: written
+    in 9.1 s and read in 2.2 s, against 13.7 s and 4.0 s as text). A stream, not a file:
+    every write carries the dictionaries of its own rows, which an Arrow file cannot.
     """
     folder.mkdir(parents=True, exist_ok=True)
     where, _ = _events_in_scope(refresh_only=refresh_only)
     columns = ", ".join(f"events.{c}" for c in _SESSIONISE_COLUMNS)
     options = ipc.IpcWriteOptions(compression="lz4")
-    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    writers: dict[int, ipc.RecordBatchStreamWriter] = {}
     with _registered(con, "device_groups", groups.select("anonymous_id", "group")):
         reader = con.sql(
             f"""
@@ -639,12 +644,14 @@ def write_partitions(
         ).to_arrow_reader(batch_rows)
         try:
             for batch in _gathered(reader, batch_rows):
-                by_part = pl.from_arrow(batch).partition_by("part", as_dict=True, include_key=False)
+                by_part = _as_read(pl.from_arrow(batch)).partition_by(
+                    "part", as_dict=True, include_key=False
+                )
                 for (number, *_), events in by_part.items():
                     table = events.to_arrow()
                     if number not in writers:
                         path = _partition_file(folder, number)
-                        writers[number] = ipc.new_file(path, table.schema, options=options)
+                        writers[number] = ipc.new_stream(path, table.schema, options=options)
                     writers[number].write_table(table)
         finally:
             for writer in writers.values():
@@ -677,11 +684,11 @@ def read_partition(folder: Path, part: int) -> pl.LazyFrame:
     if not path.exists():
         return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
     # Read back as one chunk per write; sessionise sorts and joins one chunk faster.
-    return _as_read(pl.read_ipc(path).rechunk()).lazy()
+    return pl.read_ipc_stream(path).rechunk().lazy()
 
 
 def _partition_file(folder: Path, part: int) -> Path:
-    return folder / f"part-{part}.arrow"
+    return folder / f"part-{part}.arrows"
 
 
 def spill_folder(con: duckdb.DuckDBPyConnection) -> Path:
