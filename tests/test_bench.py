@@ -206,6 +206,44 @@ def test_smoke_run_agrees(tmp_path):
     assert not results.exists()
 
 
+def test_repeated_runs_count_as_their_median_wall_and_highest_peak(bench_run):
+    """Walls 3, 1, 2 s: the median is 2 s, the peak the highest of the three, and every wall
+    is kept in the order measured; of two runs the lower middle (the faster) counts."""
+    runs = [
+        bench_run.Timing("core", 10, wall, peak)
+        for wall, peak in [(3.0, 100.0), (1.0, 300.0), (2.0, 200.0)]
+    ]
+    typical = bench_run.typical(runs)
+    assert (typical.wall_s, typical.peak_mb, typical.walls) == (2.0, 300.0, (3.0, 1.0, 2.0))
+    assert bench_run.typical(runs[:2]).wall_s == 1.0
+    assert bench_run._each(typical) == "3.0, 1.0, 2.0"
+
+
+def test_repeat_must_be_positive(tmp_path):
+    cmd = [sys.executable, str(BENCH / "run.py"), "--repeat", "0", "--cache", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--repeat must be positive" in done.stderr
+
+
+def test_a_repeated_run_reports_every_wall_and_the_medians(tmp_path):
+    """Two rounds at 20k events: each measure runs twice, the report says so and lists both
+    walls of every approach, and the contenders agree in every round."""
+    results = tmp_path / "results.md"
+    cmd = [sys.executable, str(BENCH / "run.py"), "--events", "20000", "--repeat", "2"]
+    cmd += ["--cache", str(tmp_path / "cache"), "--results", str(results)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "round 2 of 2" in done.stdout
+    report = results.read_text()
+    assert "Each measure run 2 times" in report
+    rows = [line for line in report.splitlines() if line.startswith("| 20,000 | ")]
+    approaches = [row for row in rows if "journeymap" in row or "SQL" in row or "pandas" in row]
+    assert len(approaches) == 4
+    for row in approaches:
+        walls = row.rstrip(" |").rsplit("|", 1)[1].split(",")
+        assert len(walls) == 2 and all(float(w) > 0 for w in walls), row
+
+
 def test_pipeline_never_imports_pandas():
     """pandas is a dev dependency for the bench baseline only: no stage may come to need it."""
     importing = [
