@@ -33,7 +33,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests bench notebooks
 	$(BIN)/ruff format --check pipeline tests bench notebooks
 
-# journeymap vs DuckDB SQL and pandas baselines at 1M and 10M events; writes bench/results.md.
+# journeymap vs DuckDB SQL and pandas baselines at 1M and 10M events, three rounds (medians;
+# about 20 minutes); writes bench/results.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --events 1000000 --events 10000000
 

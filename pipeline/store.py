@@ -602,6 +602,10 @@ def _as_read(events: pl.DataFrame) -> pl.DataFrame:
     return events.with_columns(pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US))
 
 
+# Rows of one partition in one write from which `write_partitions` deals dictionary codes.
+DICTIONARY_WRITE_ROWS = 50_000
+
+
 def write_partitions(
     con: duckdb.DuckDBPyConnection,
     folder: Path,
@@ -621,16 +625,20 @@ def write_partitions(
     device, the join spilled the whole table to disk at 100M events), and Polars deals the
     rows. The files are LZ4-compressed Arrow streams, read back whole, deleted by the caller.
 
-    Rows are typed as `read_events` gives them before they are dealt: low-cardinality text
-    is dealt, written and read back as dictionary codes, not as text (10M events: written
-    in 9.1 s and read in 2.2 s, against 13.7 s and 4.0 s as text). A stream, not a file:
-    every write carries the dictionaries of its own rows, which an Arrow file cannot.
+    When a partition's share of a batch is large (`DICTIONARY_WRITE_ROWS`), rows are typed
+    as `read_events` gives them before they are dealt: low-cardinality text is dealt,
+    written and read back as dictionary codes, not as text (10M events in 10 partitions:
+    written in 9.1 s and read in 2.2 s, against 13.7 s and 4.0 s as text). A stream, not a
+    file: every write carries the dictionaries of its own rows, which an Arrow file cannot.
+    Those dictionaries cost more than they save on small writes (100M events in 100
+    partitions, 10k rows a write: 185 s and 34 s, against 148 s and 45 s as text).
     """
     folder.mkdir(parents=True, exist_ok=True)
     where, _ = _events_in_scope(refresh_only=refresh_only)
     columns = ", ".join(f"events.{c}" for c in _SESSIONISE_COLUMNS)
     options = ipc.IpcWriteOptions(compression="lz4")
     writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+    as_codes = batch_rows // n_parts >= DICTIONARY_WRITE_ROWS
     with _registered(con, "device_groups", groups.select("anonymous_id", "group")):
         reader = con.sql(
             f"""
@@ -644,9 +652,9 @@ def write_partitions(
         ).to_arrow_reader(batch_rows)
         try:
             for batch in _gathered(reader, batch_rows):
-                by_part = _as_read(pl.from_arrow(batch)).partition_by(
-                    "part", as_dict=True, include_key=False
-                )
+                rows = pl.from_arrow(batch)
+                rows = _as_read(rows) if as_codes else rows
+                by_part = rows.partition_by("part", as_dict=True, include_key=False)
                 for (number, *_), events in by_part.items():
                     table = events.to_arrow()
                     if number not in writers:
@@ -684,7 +692,7 @@ def read_partition(folder: Path, part: int) -> pl.LazyFrame:
     if not path.exists():
         return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
     # Read back as one chunk per write; sessionise sorts and joins one chunk faster.
-    return pl.read_ipc_stream(path).rechunk().lazy()
+    return _as_read(pl.read_ipc_stream(path).rechunk()).lazy()
 
 
 def _partition_file(folder: Path, part: int) -> Path:

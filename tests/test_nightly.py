@@ -23,6 +23,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pytest
 from polars.testing import assert_frame_equal
 
@@ -239,6 +241,34 @@ def test_partitions_do_not_change_the_result(days, full_run, tmp_path, partition
     # Incremental runs read every stored journey back, partition by partition.
     assert max(journey_parts) > 1
     assert_same_tables(snapshot(daily), full_run)
+
+
+@pytest.mark.parametrize("batch_rows", [1_000_000, 1_000])
+def test_spilled_partitions_give_back_every_stored_event(days, tmp_path, batch_rows):
+    """Dealt into 4 files in batches of 1M rows (250k a write: low-cardinality text as
+    dictionary codes) or of 1,000 (250 a write: as text), the partitions read back hold
+    every stored event once, typed as `read_events` gives them, and no device in two."""
+    from pipeline import sessionize, store
+
+    db = tmp_path / "journeymap.duckdb"
+    run_day(db, *days)
+    con = store.connect(db)
+    try:
+        groups = sessionize.device_groups(store.device_users(con, refresh_only=False))
+        folder = tmp_path / "spill"
+        store.write_partitions(con, folder, groups, 4, refresh_only=False, batch_rows=batch_rows)
+        parts = [store.read_partition(folder, k).collect() for k in range(4)]
+        stored = store.read_events(con).collect()
+    finally:
+        con.close()
+    back = pl.concat(parts)
+    assert back.schema == stored.schema
+    assert_frame_equal(back.sort("event_id"), stored.sort("event_id"), check_exact=True)
+    devices = [set(part["anonymous_id"]) for part in parts]
+    assert sum(map(len, devices)) == len(set().union(*devices))
+    with ipc.open_stream(store._partition_file(folder, 0)) as spilled:
+        as_codes = pa.types.is_dictionary(spilled.schema.field("user_agent").type)
+    assert as_codes == (batch_rows // 4 >= store.DICTIONARY_WRITE_ROWS)
 
 
 def test_rerunning_a_day_changes_nothing(nightly_db, days, tmp_path):
