@@ -37,9 +37,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import polars as pl
@@ -76,6 +78,8 @@ TARGET_SCALE_RATIO = 11.0
 SCALE_FILE = HERE / "scale.json"
 SCALE_HEADING = "## Scale"
 
+T = TypeVar("T")
+
 
 class BenchError(Exception):
     """A step of the benchmark failed; the message says which and why."""
@@ -108,12 +112,16 @@ class SizeResult:
     parse_seconds: float
 
 
+def median_of(items: list[T], key: Callable[[T], float]) -> T:
+    """The item whose `key` is the median (the lower middle one of an even number)."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
+
+
 def typical(timings: list[Timing]) -> Timing:
-    """Repeated runs of one measure as one: the median wall time (the lower middle one of an
-    even number), the highest peak RSS, and every wall time in the order measured."""
-    middle = sorted(timings, key=lambda t: t.wall_s)[(len(timings) - 1) // 2]
+    """Repeated runs of one measure as one: the median wall time (`median_of`), the highest
+    peak RSS, and every wall time in the order measured."""
     return dataclasses.replace(
-        middle,
+        median_of(timings, key=lambda t: t.wall_s),
         peak_mb=max(t.peak_mb for t in timings),
         walls=tuple(t.wall_s for t in timings),
     )
@@ -323,8 +331,7 @@ def bench_size(cache: Path, n_events: int, repeat: int = 1) -> SizeResult:
     for round_ in range(1, repeat + 1):
         if repeat > 1:
             print(f"bench: {n_events:,} events: round {round_} of {repeat}", flush=True)
-        end_to_end, stages, _ = time_run(cache, n_events)
-        runs.append((end_to_end, stages))
+        runs.append(time_run(cache, n_events)[:2])
         db = work / "db" / "journeymap.duckdb"
         events = export_core_events(db, cache / f"core-events-{n_events}.parquet")
         definitions = write_definitions(work / "definitions.json")
@@ -350,13 +357,12 @@ def bench_size(cache: Path, n_events: int, repeat: int = 1) -> SizeResult:
     summary, _, transitions = read_output(outputs[CORE])
     counts = summary | {"n_transition_rows": transitions.height}
     counts["n_transitions"] = transitions["n_transitions"].sum()
-    end_to_end = typical([timing for timing, _ in runs])
     # The stages of the run whose wall time is the median; the reader's median time.
-    stages = next(st for timing, st in runs if timing.wall_s == end_to_end.wall_s)
-    reader_seconds = sorted(seconds for _, seconds in parses)[(len(parses) - 1) // 2]
+    _, stages = median_of(runs, key=lambda run: run[0].wall_s)
+    _, reader_seconds = median_of(parses, key=lambda parse: parse[1])
     return SizeResult(
         n_events=n_events,
-        end_to_end=end_to_end,
+        end_to_end=typical([timing for timing, _ in runs]),
         stage_seconds=stages,
         core={name: typical(timings) for name, timings in core.items()},
         core_counts=counts,

@@ -217,6 +217,10 @@ def test_repeated_runs_count_as_their_median_wall_and_highest_peak(bench_run):
     assert (typical.wall_s, typical.peak_mb, typical.walls) == (2.0, 300.0, (3.0, 1.0, 2.0))
     assert bench_run.typical(runs[:2]).wall_s == 1.0
     assert bench_run._each(typical) == "3.0, 1.0, 2.0"
+    # The stages and reader seconds of a round are picked by the same rule.
+    rounds = [("slow", 3.0), ("fast", 1.0), ("middle", 2.0)]
+    assert bench_run.median_of(rounds, key=lambda r: r[1]) == ("middle", 2.0)
+    assert bench_run.median_of(rounds[:2], key=lambda r: r[1]) == ("fast", 1.0)
 
 
 def test_repeat_must_be_positive(tmp_path):
