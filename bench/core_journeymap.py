@@ -18,6 +18,11 @@ PARTITION_EVENTS, for tests, overrides `sessions.partition_events`.)
 
 from __future__ import annotations
 
+# Before Polars: its allocator reads journeymap's settings when Polars is first imported (as
+# in `journeymap run`, see pipeline/__init__.py).
+import pipeline  # noqa: F401
+
+# isort: split
 import contextlib
 import json
 import shutil

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 
 import click
 import duckdb
@@ -16,6 +18,7 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
+import pipeline
 from pipeline import __version__, sessionize, store
 from pipeline import cli as cli_module
 from pipeline.cli import FORMAT_CHOICES, cli, main
@@ -616,3 +619,28 @@ def test_partition_writes_run_in_order_and_raise_their_errors():
     failing = pytest.raises(RuntimeError, match="disk full at part 7")
     with failing, cli_module._one_write_ahead(con) as write:
         write(fail, pl.DataFrame({"part": [7]}))
+
+
+def test_allocator_keeps_freed_memory_unless_the_user_chooses_a_decay():
+    """jemalloc takes the last of repeated options, and Polars puts its own default first."""
+    polars_default = pipeline.POLARS_ALLOCATOR_DEFAULT
+    assert pipeline.allocator_setting("") == "dirty_decay_ms:5000"
+    # Inherited from a parent process that imported Polars: not the user's choice.
+    assert pipeline.allocator_setting(polars_default) == "dirty_decay_ms:5000"
+    assert pipeline.allocator_setting(f"{polars_default},{polars_default}") == "dirty_decay_ms:5000"
+    assert pipeline.allocator_setting("stats_print:true") == "stats_print:true,dirty_decay_ms:5000"
+    assert (
+        pipeline.allocator_setting(f"{polars_default},narenas:2") == "narenas:2,dirty_decay_ms:5000"
+    )
+    assert pipeline.allocator_setting("dirty_decay_ms:100") == "dirty_decay_ms:100"
+    assert pipeline.allocator_setting(f"{polars_default},dirty_decay_ms:0") == "dirty_decay_ms:0"
+
+
+def test_polars_allocator_runs_with_journeymaps_decay_when_journeymap_is_imported_first():
+    """In a fresh process, as the CLI starts: jemalloc's own statistics report the decay."""
+    env = {**os.environ, "_RJEM_MALLOC_CONF": "stats_print:true"}
+    code = "import pipeline, polars; polars.DataFrame({'a': [1]})"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert re.search(r"opt\.dirty_decay_ms: 5000\b", done.stderr), done.stderr[:2000]
