@@ -634,8 +634,8 @@ def write_partitions(
     joined only with the logged-in devices (`groups`, a small table: joined with every
     device, the join spilled the whole table to disk at 100M events), and Polars deals the
     rows. The files are zstd-compressed Arrow streams, read back whole, deleted by the caller:
-    half the size of LZ4's, which matters at 100M events, where they no longer fit beside the
-    database in the page cache and are read back from disk.
+    half the size of LZ4's, which matters at 100M events, where LZ4's most likely no longer
+    fit in the page cache beside the database and came back partly from disk.
 
     A partition's share of a batch is held until it has `spill_write_rows` rows: with 100
     partitions a 1M-row batch gives each only 10k, and small writes cost more to write and
