@@ -693,9 +693,11 @@ def write_partitions(
 def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
     """The reader's batches gathered into tables of at least `rows` rows.
 
-    DuckDB hands out batches of about 100k rows whatever size is asked for: dealt into 100
-    partitions they would become 1k-row writes, and partitions of a thousand chunks that
-    every later step pays for (100M events: write and sessionise superlinear).
+    DuckDB hands out batches of about 100k rows whatever size is asked for. `write_partitions`
+    holds each partition's share until it makes a write of its own size, so this no longer
+    sets the size of a write. It still saves work: one deal (a cast and a partition_by) per
+    million rows instead of ten. At 10M events the copy took 13.0-13.7 s with it and
+    13.7-14.4 s without (100 partitions), 10.7-11.9 s and 11.8-11.9 s (10 partitions).
     """
     pending: list[pa.RecordBatch] = []
     n_pending = 0
