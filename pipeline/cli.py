@@ -332,8 +332,8 @@ def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, i
             if not incremental:
                 if cfg.bots.exclude_from_journeys:
                     sessions = sessions.filter(~pl.col("is_bot"))
-                pieces = _add_piece(pieces, journeys.mart_pieces(journey_steps, sessions))
-    return n_persons, (None if incremental else journeys.merge_pieces(pieces))
+                pieces = journeys.add_piece(pieces, journeys.mart_pieces(journey_steps, sessions))
+    return n_persons, (None if incremental else journeys.merge_weighted(pieces))
 
 
 @contextlib.contextmanager
@@ -391,12 +391,6 @@ def _partition_reader(con, n_parts: int, incremental: bool):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _add_piece(pieces: list, piece: journeys.MartPieces) -> list:
-    # Merged every few partitions: the path counts of many partitions overlap.
-    pieces.append(piece)
-    return [journeys.merge_pieces(pieces)] if len(pieces) >= 8 else pieces
-
-
 def map_journeys(
     sessions: pl.DataFrame, steps: pl.DataFrame, cfg: Config
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -444,8 +438,8 @@ def _journey_pieces(con, cfg: Config, summary: RunSummary, progress) -> journeys
         steps, sessions = store.read_journeys(
             con, exclude_bots=cfg.bots.exclude_from_journeys, part=part, n_parts=n_parts
         )
-        pieces = _add_piece(pieces, journeys.mart_pieces(steps, sessions))
-    return journeys.merge_pieces(pieces)
+        pieces = journeys.add_piece(pieces, journeys.mart_pieces(steps, sessions))
+    return journeys.merge_weighted(pieces)
 
 
 def journey_marts(pieces: journeys.MartPieces) -> dict[str, pl.DataFrame]:

@@ -892,6 +892,31 @@ def test_marts_of_any_split_of_the_sessions_equal_the_marts_of_one_pass(n_parts,
     assert_same_marts(journeys.marts_from_pieces(journeys.merge_pieces(pieces)), expected)
 
 
+def test_partition_pieces_merge_eight_of_equal_weight_at_a_time_into_the_one_pass_marts():
+    """73 partitions' pieces, added one at a time, are held as one piece of 64 partitions, one
+    of 8 and one of 1 (each partition's rows merged twice, not once every eighth partition),
+    and merged they give the one-pass marts."""
+    all_steps, all_sessions = population(
+        *FIREFOX_PAYMENT_FAILS, *CART_SHIPPING_LOOP, *browse("search", 4, 16)
+    )
+    steps_, sessions_ = all_steps.collect(), all_sessions.collect()
+    n_parts = 73
+    part_of = {s: i % n_parts for i, s in enumerate(sessions_["session_id"])}
+    pieces: journeys.WeightedPieces = []
+    weights_seen = []
+    for p in range(n_parts):
+        piece = journeys.mart_pieces(split(steps_, part_of, p), split(sessions_, part_of, p))
+        pieces = journeys.add_piece(pieces, piece)
+        weights_seen.append([w for w, _ in pieces])
+    assert weights_seen[6] == [1] * 7
+    assert weights_seen[7] == [8]
+    assert weights_seen[62] == [8] * 7 + [1] * 7
+    assert weights_seen[63] == [64]
+    assert weights_seen[-1] == [64, 8, 1]
+    expected = journeys.marts_from_pieces(journeys.mart_pieces(steps_, sessions_))
+    assert_same_marts(journeys.marts_from_pieces(journeys.merge_weighted(pieces)), expected)
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     specs=random_journeys,
