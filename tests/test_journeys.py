@@ -894,8 +894,9 @@ def test_marts_of_any_split_of_the_sessions_equal_the_marts_of_one_pass(n_parts,
 
 def test_partition_pieces_merge_eight_of_equal_weight_at_a_time_into_the_one_pass_marts():
     """73 partitions' pieces, added one at a time, are held as one piece of 64 partitions, one
-    of 8 and one of 1 (each partition's rows merged twice, not once every eighth partition),
-    and merged they give the one-pass marts."""
+    of 8 and one of 1 (the first partition's rows merged twice so far, where one growing
+    piece merged every eighth partition took them into all ten merges), and merged they
+    give the one-pass marts."""
     all_steps, all_sessions = population(
         *FIREFOX_PAYMENT_FAILS, *CART_SHIPPING_LOOP, *browse("search", 4, 16)
     )
