@@ -5,8 +5,8 @@ whole persons (`sessionize.with_person_partition`, about `sessions.partition_eve
 each), spilled to a file per partition in one streaming pass as the run spills stored events,
 then per partition `sessionize`, `pipeline.cli.map_journeys` and the edges and counts of
 `journey_marts`, with `definitions.core_config()`; the counts of the partitions are added up
-(their sessions are disjoint). Unlike the run, two half-size partitions are worked on at once
-(see PARTITION_WORKERS). Memory holds their work, never all the events.
+(their sessions are disjoint). Unlike the run, two partitions are worked on at once (see
+PARTITION_WORKERS). Memory holds their work, never all the events.
 Exact duplicates are dropped per partition (`schemas.without_duplicate_rows`; identical rows
 share a person, so a partition); journeymap drops them when it loads events into its store,
 which this job does not use.
@@ -43,11 +43,11 @@ from pipeline.schemas import EVENTS, without_duplicate_rows
 # Columns sessionize needs that the core job's input does not have.
 ABSENT = [c for c in EVENTS.columns if c not in ("source", "source_line")]
 SINK_CHUNK_ROWS = 20_000
-# Partitions sessionised at once, in threads (Polars releases the GIL), each half the size of
-# the run's: about the memory of the run's one at a time. One partition's work leaves a core
-# idle part of the time; the run fills it with the DuckDB write of the partition before, this
-# job, which stores nothing, with the next partition. Measured at 10M events on 2 cores: 24 s
-# and 1.0 GB peak, against 29 s and 1.1 GB one 1M-event partition at a time.
+# Partitions sessionised at once, in threads (Polars releases the GIL). One partition's work
+# leaves a core idle part of the time; the run fills it with the DuckDB write of the partition
+# before, this job, which stores nothing, with the next partition. Measured at 10M events on
+# 2 cores: 24 s and 1.0 GB peak two 500k-event partitions at a time, against 29 s and 1.1 GB
+# one 1M-event partition at a time.
 PARTITION_WORKERS = 2
 
 
@@ -56,7 +56,7 @@ def main(events_path: Path, out: Path, partition_events: int | None = None) -> N
     out.mkdir(parents=True, exist_ok=True)
     events = pl.scan_parquet(events_path)
     n_rows_read = events.select(pl.len()).collect().item()
-    partition_events = partition_events or cfg.sessions.partition_events // PARTITION_WORKERS
+    partition_events = partition_events or cfg.sessions.partition_events
     n_parts = -(-n_rows_read // partition_events)
     n_events = n_journey_sessions = 0
     transition_parts = []

@@ -541,8 +541,8 @@ def report(results: list[SizeResult], started: datetime, commit: str, repeat: in
         "stored events of the end-to-end run as Parquet, plus 1 % of them again as exact "
         "duplicates. journeymap's core works as `journeymap run` does, on partitions of whole "
         "persons dealt from the Parquet file into a file per partition in one streaming pass, "
-        "but two partitions of half `sessions.partition_events` (500k events) at a time in "
-        "threads, where the run sessionises one 1M-event partition at a time and stores the "
+        "but two partitions of `sessions.partition_events` (500k events) at a time in "
+        "threads, where the run sessionises one partition at a time and stores the "
         "one before it meanwhile; the "
         "baselines take all events at once. The end-to-end run reads the generator's Parquet "
         "export (vendor column names, a few malformed and duplicate rows) and builds every "
@@ -616,12 +616,14 @@ def bench_scale(cache: Path, n_events: int, started: datetime, commit: str) -> d
             }
         )
         print(f"bench: {n:,} events: {timing.wall_s:.1f} s, peak {timing.peak_mb:,.0f} MB")
+    from pipeline import store
     from pipeline.config import Config
 
     return {
         "date": f"{started:%Y-%m-%d %H:%M} UTC",
         "commit": commit,
         "partition_events": Config().sessions.partition_events,
+        "duckdb_memory_limit": store.RUN_MEMORY_LIMIT,
         "runs": runs,
     }
 
@@ -640,8 +642,8 @@ def scale_section(scale: dict | None) -> list[str]:
         "export into a fresh database), at both sizes in one invocation. Memory is bounded "
         "by partitions: sessionise works on whole persons, the journey marts on whole "
         "sessions, about `sessions.partition_events` "
-        f"({scale['partition_events']:,}) at a time; DuckDB is capped at 1 GB "
-        "and spills beyond it.",
+        f"({scale['partition_events']:,}) at a time; the run's DuckDB connection is "
+        f"capped at {scale.get('duckdb_memory_limit', '1GB')} and spills beyond it.",
         "",
         "| events | rows read | wall s | peak MB | rows/s | sessions | journey steps "
         "| transitions |",

@@ -48,7 +48,9 @@ BLOCK_BYTES = 16 * 1024 * 1024
 GZIP_READ_BYTES = 1024 * 1024
 PARSE_WORKERS = 2
 JSON_BATCH_ROWS = 8192
-BATCH_ROWS = 1_000_000
+# 500k: loading 10M events from Parquet took as long as in 1M-row batches (28 s), with the
+# reader's batches and DuckDB's work on one half the size.
+BATCH_ROWS = 500_000
 PARQUET_VALIDATE_ROWS = 250_000
 EARLIEST_TS = datetime(2000, 1, 1)
 SNIFF_LINES = 1000
@@ -582,32 +584,34 @@ def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Ba
 
 
 def _parquet_batches(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Batch]:
-    """Validate a Parquet file record batch by record batch; a damaged file or row group ends
-    it with one unreadable_file row."""
-    import pyarrow.parquet as pq
+    """Validate a Parquet file PARQUET_VALIDATE_ROWS rows at a time; a damaged file or row
+    group ends it with one unreadable_file row.
 
+    Polars reads each slice of rows straight into its own columns (only the row groups it
+    overlaps). Through pyarrow's record batches every string column was converted again:
+    reading the 10M-row bench export took 5.9 s instead of 1.9 s, with a peak of 700 MB
+    instead of 300 MB.
+    """
     source = str(path)
     try:
-        # Pre-buffered: a row group's column chunks are read ahead, coalesced and in parallel
-        # (3M rows of the sample export: 0.7 s against 1.2 s to read).
-        reader = pq.ParquetFile(path, pre_buffer=True)
-        batches = reader.iter_batches(batch_size=PARQUET_VALIDATE_ROWS)
-    except Exception as err:  # noqa: BLE001 - any unreadable file becomes one quarantine row
+        scan = pl.scan_parquet(path)
+        n_rows = scan.select(pl.len()).collect().item()
+    except _UNREADABLE as err:
         yield _unreadable(path, err)
         return
     mapping = _mapping(cfg.input)
-    first_row = 1
-    while True:
+    for offset in range(0, n_rows, PARQUET_VALIDATE_ROWS):
         try:
-            record_batch = next(batches)
-        except StopIteration:
+            frame = scan.slice(offset, PARQUET_VALIDATE_ROWS).collect()
+        except _UNREADABLE as err:
+            # A corrupt row group ends the file, visibly; the rows before it are kept.
+            yield _unreadable(path, err, offset + 1)
             return
-        except Exception as err:  # noqa: BLE001 - a corrupt row group ends the file, visibly
-            yield _unreadable(path, err, first_row)
-            return
-        frame = pl.from_arrow(pa.Table.from_batches([record_batch]))
-        yield _parquet_batch(frame, first_row, mapping, cfg, ingested_at, source)
-        first_row += frame.height
+        yield _parquet_batch(frame, offset + 1, mapping, cfg, ingested_at, source)
+
+
+# Polars reports most damage as errors, but a decoder can panic on garbage (a BaseException).
+_UNREADABLE = (Exception, pl.exceptions.PanicException)
 
 
 def _gathered(batches: Iterator[Batch]) -> Iterator[Batch]:

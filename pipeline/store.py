@@ -43,7 +43,13 @@ from pipeline.schemas import EVENTS, JOURNEY_STEPS, SESSION_STEPS, SESSIONS, UTC
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SQL_LAYERS = ("staging", "marts", "macros")
+# DuckDB's memory cap for reading commands (reports, SQL): above it DuckDB spills to disk.
 DUCKDB_MEMORY_LIMIT = "1GB"
+# The cap of a run's own connection, which works beside Polars' frames of a batch being
+# loaded or a partition being sessionised. A run appends; DuckDB's cache above this held
+# table blocks it did not need: at 10M events a run took as long with 256 MB as with 1 GB
+# (84 s and 83 s), peaking at 2.3 GB instead of 2.8 GB.
+RUN_MEMORY_LIMIT = "256MB"
 
 _DUCK_TYPES = {
     pl.String: "varchar",
@@ -65,7 +71,9 @@ def _columns_ddl(columns: dict[str, pl.DataType]) -> str:
     return ",\n    ".join(f"{name} {_duck_type(dtype)}" for name, dtype in columns.items())
 
 
-def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    path: str | Path, read_only: bool = False, memory_limit: str = DUCKDB_MEMORY_LIMIT
+) -> duckdb.DuckDBPyConnection:
     """Open (or create) the database file; a clear `StoreError` if that is impossible."""
     path = Path(path)
     if not read_only and path.parent and not path.parent.exists():
@@ -85,10 +93,9 @@ def connect(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnect
             f"cannot open database {path} ({first}): choose a writable --db FILE"
         ) from err
     con.execute("set TimeZone = 'UTC'")
-    # Polars holds the sessionised frames beside DuckDB in one process: cap DuckDB so it
-    # spills to disk instead of taking the 80 % of RAM it would by default. Above 1 GB it
-    # mostly caches table blocks: a 10M-event run took as long with 3 GB, and needed more.
-    con.execute(f"set memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+    # Polars' frames share the process: capped, DuckDB spills to disk instead of taking the
+    # 80 % of RAM it would by default.
+    con.execute(f"set memory_limit = '{memory_limit}'")
     con.execute("set preserve_insertion_order = false")
     return con
 
@@ -602,18 +609,24 @@ def _as_read(events: pl.DataFrame) -> pl.DataFrame:
     return events.with_columns(pl.col(_CATEGORICAL).cast(pl.Categorical), pl.col("ts").cast(UTC_US))
 
 
-# Rows of one partition written at once by `write_partitions`: a partition's share of a batch
-# is held until it has this many...
+# Rows `write_partitions` takes from DuckDB and deals at once. The batch and its copies (Arrow,
+# Polars, dealt) are most of the copy's memory: at 10M events into 20 partitions, batches of
+# 1M rows peaked at 2.4 GB, of 250k at 1.2 GB, and wrote as fast (11-13 s).
+SPILL_BATCH_ROWS = 250_000
+# Rows all partitions' held shares come to at most, split evenly between the partitions...
+SPILL_HELD_ROWS = 500_000
+# ...but a partition's write holds at least DICTIONARY_WRITE_ROWS and at most SPILL_WRITE_ROWS
+# rows (its last may hold fewer): small writes cost more to write and to read back, and each
+# carries its own dictionaries.
 SPILL_WRITE_ROWS = 50_000
-# ...or, with many partitions, until all of them together hold this many batches of rows.
-SPILL_HELD_BATCHES = 2
-# Rows of one write from which `write_partitions` deals dictionary codes rather than text.
 DICTIONARY_WRITE_ROWS = 20_000
 
 
-def spill_write_rows(n_parts: int, batch_rows: int) -> int:
-    """Rows of one partition `write_partitions` writes at once (the last write may be fewer)."""
-    return max(1, min(SPILL_WRITE_ROWS, SPILL_HELD_BATCHES * batch_rows // n_parts))
+def spill_write_rows(n_parts: int) -> int:
+    """Rows of one partition `write_partitions` writes at once (the last write may be fewer):
+    25k for the 20 partitions of 10M events, 20k from 25 partitions on, so the held shares
+    then grow with the run (4M rows at 100M events, 200 partitions)."""
+    return max(DICTIONARY_WRITE_ROWS, min(SPILL_WRITE_ROWS, SPILL_HELD_ROWS // n_parts))
 
 
 def write_partitions(
@@ -623,7 +636,7 @@ def write_partitions(
     n_parts: int,
     *,
     refresh_only: bool,
-    batch_rows: int = 1_000_000,
+    batch_rows: int = SPILL_BATCH_ROWS,
 ) -> None:
     """Copy the events in scope into one file per partition in `folder`, in one scan of
     `raw.events`: each device `group` (`sessionize.device_groups`) whole in one partition,
@@ -637,14 +650,14 @@ def write_partitions(
     half the size of LZ4's, which matters at 100M events, where LZ4's most likely no longer
     fit in the page cache beside the database and came back partly from disk.
 
-    A partition's share of a batch is held until it has `spill_write_rows` rows: with 100
-    partitions a 1M-row batch gives each only 10k, and small writes cost more to write and
-    to read back. When writes are large (`DICTIONARY_WRITE_ROWS`), rows are typed as
-    `read_events` gives them before they are dealt: low-cardinality text is dealt, written
-    and read back as dictionary codes, not as text. A stream, not a file: every write
-    carries the dictionaries of its own rows, which an Arrow file cannot. Timed at 10M events
-    dealt into 100 partitions: 11.4-12.6 s to write and 2.5-2.9 s to read back, 342 MB,
-    against 12.6 s, 4.7 s and 906 MB as 10k-row writes of LZ4-compressed text.
+    A partition's share of a batch is held until it has `spill_write_rows` rows: with 20
+    partitions a 250k-row batch gives each only 12.5k, and small writes cost more to write
+    and to read back. Rows are typed as `read_events` gives them before they are dealt:
+    low-cardinality text is dealt, written and read back as dictionary codes, not as text. A
+    stream, not a file: every write carries the dictionaries of its own rows, which an Arrow
+    file cannot. Timed at 10M events dealt into 100 partitions: 11.4-12.6 s to write and
+    2.5-2.9 s to read back, 342 MB, against 12.6 s, 4.7 s and 906 MB as 10k-row writes of
+    LZ4-compressed text.
     """
     folder.mkdir(parents=True, exist_ok=True)
     where, _ = _events_in_scope(refresh_only=refresh_only)
@@ -652,8 +665,7 @@ def write_partitions(
     options = ipc.IpcWriteOptions(compression="zstd")
     writers: dict[int, ipc.RecordBatchStreamWriter] = {}
     held: dict[int, list[pl.DataFrame]] = {}
-    write_rows = spill_write_rows(n_parts, batch_rows)
-    as_codes = write_rows >= DICTIONARY_WRITE_ROWS
+    write_rows = spill_write_rows(n_parts)
 
     def write(number: int) -> None:
         table = pl.concat(held.pop(number), rechunk=True).to_arrow()
@@ -675,8 +687,7 @@ def write_partitions(
         ).to_arrow_reader(batch_rows)
         try:
             for batch in _gathered(reader, batch_rows):
-                rows = pl.from_arrow(batch)
-                rows = _as_read(rows) if as_codes else rows
+                rows = _as_read(pl.from_arrow(batch))
                 by_part = rows.partition_by("part", as_dict=True, include_key=False)
                 for (number, *_), events in by_part.items():
                     pieces = held.setdefault(number, [])
@@ -696,8 +707,9 @@ def _gathered(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
     DuckDB hands out batches of about 100k rows whatever size is asked for. `write_partitions`
     holds each partition's share until it makes a write of its own size, so this no longer
     sets the size of a write. It still saves work: one deal (a cast and a partition_by) per
-    million rows instead of ten. At 10M events the copy took 13.0-13.7 s with it and
-    13.7-14.4 s without (100 partitions), 10.7-11.9 s and 11.8-11.9 s (10 partitions).
+    `rows` rows instead of one per 100k. With 1M-row batches, the copy of 10M events took
+    13.0-13.7 s with it and 13.7-14.4 s without (100 partitions), 10.7-11.9 s and
+    11.8-11.9 s (10 partitions).
     """
     pending: list[pa.RecordBatch] = []
     n_pending = 0

@@ -243,12 +243,12 @@ def test_partitions_do_not_change_the_result(days, full_run, tmp_path, partition
     assert_same_tables(snapshot(daily), full_run)
 
 
-@pytest.mark.parametrize("batch_rows", [1_000_000, 1_000])
+@pytest.mark.parametrize("batch_rows", [250_000, 1_000])
 def test_spilled_partitions_give_back_every_stored_event(days, tmp_path, batch_rows):
-    """Dealt into 4 files in batches of 1M rows (50k-row writes: low-cardinality text as
-    dictionary codes) or of 1,000 (each partition's 250-row shares held to 500-row writes, as
-    text), the partitions read back hold every stored event once, typed as `read_events`
-    gives them, and no device in two."""
+    """Dealt into 4 files from batches of 250k rows or of 1,000 (each partition's shares
+    held until they make a write), the partitions read back hold every stored event once,
+    typed as `read_events` gives them (low-cardinality text as dictionary codes), and no
+    device in two."""
     from pipeline import sessionize, store
 
     db = tmp_path / "journeymap.duckdb"
@@ -267,17 +267,30 @@ def test_spilled_partitions_give_back_every_stored_event(days, tmp_path, batch_r
     assert_frame_equal(back.sort("event_id"), stored.sort("event_id"), check_exact=True)
     devices = [set(part["anonymous_id"]) for part in parts]
     assert sum(map(len, devices)) == len(set().union(*devices))
-    write_rows = store.spill_write_rows(4, batch_rows)
-    assert write_rows == (50_000 if batch_rows == 1_000_000 else 500)
+    write_rows = store.spill_write_rows(4)
     for k in range(4):
         with ipc.open_stream(store._partition_file(folder, k)) as spilled:
             as_codes = pa.types.is_dictionary(spilled.schema.field("user_agent").type)
             writes = [batch.num_rows for batch in spilled]
-        assert as_codes == (write_rows >= store.DICTIONARY_WRITE_ROWS)
+        assert as_codes
         # Every write but a partition's last holds at least write_rows rows.
         assert sum(writes) == parts[k].height
         assert all(n >= write_rows for n in writes[:-1])
         assert writes[-1] > 0
+
+
+def test_spill_writes_split_the_held_rows_within_their_bounds():
+    """500k held rows split evenly, a write holding 20k to 50k rows: 50k for 4 partitions,
+    25k for 20, 20k for 200 (the held rows then grow to 4M)."""
+    from pipeline import store
+
+    assert [store.spill_write_rows(n) for n in (4, 10, 20, 25, 200)] == [
+        50_000,
+        50_000,
+        25_000,
+        20_000,
+        20_000,
+    ]
 
 
 def test_rerunning_a_day_changes_nothing(nightly_db, days, tmp_path):
