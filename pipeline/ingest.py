@@ -578,6 +578,10 @@ def _invalid_utf8_lines(
     return np.array(bad, dtype=np.int64)
 
 
+# Polars reports most damage as errors, but a decoder can panic on garbage (a BaseException).
+_UNREADABLE = (Exception, pl.exceptions.PanicException)
+
+
 def _read_parquet(path: Path, cfg: Config, ingested_at: datetime) -> Iterator[Batch]:
     """Read a Parquet file in record batches, so memory stays bounded by the batch size."""
     yield from _gathered(_parquet_batches(path, cfg, ingested_at))
@@ -608,10 +612,6 @@ def _parquet_batches(path: Path, cfg: Config, ingested_at: datetime) -> Iterator
             yield _unreadable(path, err, offset + 1)
             return
         yield _parquet_batch(frame, offset + 1, mapping, cfg, ingested_at, source)
-
-
-# Polars reports most damage as errors, but a decoder can panic on garbage (a BaseException).
-_UNREADABLE = (Exception, pl.exceptions.PanicException)
 
 
 def _gathered(batches: Iterator[Batch]) -> Iterator[Batch]:
