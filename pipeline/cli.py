@@ -113,7 +113,7 @@ def run_pipeline(
     workspace = store.open_workspace(db)
     try:
         copy_s = time.perf_counter() - t0
-        con = store.connect(workspace.work_path, memory_limit=store.RUN_MEMORY_LIMIT)
+        con = store.connect_work(workspace)
         failure = None
         try:
             store.ensure_schema(con)
@@ -140,7 +140,7 @@ def run_pipeline(
             # by partition, so memory stays bounded): start again from the published state
             # and publish only the record of the failure.
             store.reset_workspace(workspace)
-            con = store.connect(workspace.work_path, memory_limit=store.RUN_MEMORY_LIMIT)
+            con = store.connect_work(workspace)
             try:
                 store.ensure_schema(con)
                 _record(con, summary, summary.status, started_at, paths, error=failure)

@@ -112,6 +112,11 @@ class Workspace:
     lock_fd: int
 
 
+def connect_work(workspace: Workspace) -> duckdb.DuckDBPyConnection:
+    """The run's connection to its work file, capped at RUN_MEMORY_LIMIT."""
+    return connect(workspace.work_path, memory_limit=RUN_MEMORY_LIMIT)
+
+
 def _wal(path: Path) -> Path:
     return path.with_name(path.name + ".wal")
 
@@ -729,8 +734,9 @@ def read_partition(folder: Path, part: int) -> pl.LazyFrame:
     path = _partition_file(folder, part)
     if not path.exists():
         return pl.DataFrame(schema=_SESSIONISE_COLUMNS).lazy()
-    # Read back as one chunk per write; sessionise sorts and joins one chunk faster.
-    return _as_read(pl.read_ipc_stream(path).rechunk()).lazy()
+    # Read back as one chunk per write; sessionise sorts and joins one chunk faster. Written
+    # as `_as_read` types them, the rows come back typed so.
+    return pl.read_ipc_stream(path).rechunk().lazy()
 
 
 def _partition_file(folder: Path, part: int) -> Path:
