@@ -47,6 +47,9 @@ BLOCK_BYTES = 16 * 1024 * 1024
 # Compressed bytes read at a time; each inflates to at most BLOCK_BYTES per step.
 GZIP_READ_BYTES = 1024 * 1024
 PARSE_WORKERS = 2
+# One chunk waits beside the two being parsed, so a parser that ends first goes on at once:
+# the 10M-line log read in 14.4 s instead of 15.7 s, with a peak of 1.34 GB instead of 1.24.
+PARSE_QUEUED = 1
 JSON_BATCH_ROWS = 8192
 # 500k: loading 10M events from Parquet took as long as in 1M-row batches (28 s), with the
 # reader's batches and DuckDB's work on one half the size.
@@ -217,7 +220,7 @@ def read_file(
     if fmt not in LINE_FORMATS:
         raise UsageError(f"unknown format {fmt!r}: use one of {', '.join(ALL_FORMATS)}")
     jobs = _parse_jobs(path, fmt, cfg, ingested_at)
-    with contextlib.closing(in_order(jobs, PARSE_WORKERS)) as parsed:
+    with contextlib.closing(in_order(jobs, PARSE_WORKERS, queued=PARSE_QUEUED)) as parsed:
         yield from _gathered(parsed)
 
 
@@ -311,20 +314,23 @@ def _parsed_chunk(
     )
 
 
-def in_order(jobs: Iterator[Callable[[], T]], workers: int) -> Iterator[T]:
+def in_order(jobs: Iterator[Callable[[], T]], workers: int, queued: int = 0) -> Iterator[T]:
     """Run `jobs` up to `workers` at a time in threads; yield their results in job order.
 
     Polars releases the GIL while it computes, so jobs (chunks of lines to parse, partitions
-    to sessionise) run side by side. At most `workers` jobs are under way, so memory holds
-    that many jobs' work. A job's exception is raised when its turn comes; when the consumer
-    stops early, the jobs under way finish and `jobs` is closed.
+    to sessionise) run side by side. At most `workers` jobs run and `queued` more wait to
+    start, so memory holds that many jobs' work. A job's exception is raised when its turn
+    comes; when the consumer stops early, the jobs under way finish and `jobs` is closed.
+
+    Results come in order, so a thread whose job ends before an earlier one's would idle
+    until that earlier job ends and the next is made; a queued job starts at once instead.
     """
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="journeymap-job")
     under_way: deque[Future[T]] = deque()
     try:
         for job in jobs:
             under_way.append(pool.submit(job))
-            if len(under_way) >= workers:
+            if len(under_way) >= workers + queued:
                 yield under_way.popleft().result()
         while under_way:
             yield under_way.popleft().result()

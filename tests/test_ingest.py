@@ -646,6 +646,35 @@ def test_in_order_yields_results_in_job_order_with_bounded_concurrency():
     assert peak == 3
 
 
+@pytest.mark.parametrize("queued", [0, 1, 2])
+def test_in_order_queues_jobs_beyond_its_workers_without_running_more(queued):
+    """With `queued` jobs waiting, a worker whose job ends early starts the next one before
+    the earlier result is taken; still no more than `workers` run at once."""
+    lock = threading.Lock()
+    running = peak = 0
+    started: list[int] = []
+
+    def job(i: int, pause: float):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            started.append(i)
+        time.sleep(pause)
+        with lock:
+            running -= 1
+        return i
+
+    # Job 0 is slow; the others end soon, so one worker is free while job 0 runs.
+    jobs = (partial(job, i, 0.3 if i == 0 else 0.02) for i in range(6))
+    results = ingest.in_order(jobs, workers=2, queued=queued)
+    assert next(results) == 0
+    # While job 0 ran, the free worker ran every job handed over: the second, then the queued.
+    assert sorted(started) == list(range(2 + queued))
+    assert list(results) == [1, 2, 3, 4, 5]
+    assert peak == 2
+
+
 def test_in_order_closes_its_jobs_when_the_consumer_stops_early():
     """A consumer that stops after one result leaves no job generator open."""
     closed = []
