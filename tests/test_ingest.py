@@ -1748,6 +1748,7 @@ def test_only_unusual_combined_lines_take_the_regex_path():
     """Usual lines are cut at quotes; an escaped quote or an extra quoted field needs the regex."""
     texts = [clf(), clf(ua='say \\"hi\\"'), clf() + ' "forwarded"', clf(referrer="https://r/")]
     frame = pl.DataFrame({"source_line": [1, 2, 3, 4], "line": texts})
-    fast, rest = ingest._combined_fields_fast(frame)
-    assert fast["source_line"].to_list() == [1, 4]
-    assert rest["source_line"].to_list() == [2, 3]
+    fields = ingest._combined_fields_fast(frame)
+    assert fields["source_line"].to_list() == [1, 2, 3, 4]
+    assert fields["is_fast"].to_list() == [True, False, False, True]
+    assert fields.filter(~pl.col("is_fast"))["ip"].is_null().all()
