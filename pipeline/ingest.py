@@ -522,7 +522,9 @@ def _split_lines(
     offsets = np.concatenate([starts, [len(buf)]]).astype(np.int64)
     arr = pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(buf))
     lines = pl.DataFrame({"source_line": line_nos, "line": pl.from_arrow(arr), "n_bytes": lengths})
-    lines = lines.with_columns(pl.col("line").str.strip_suffix("\n").str.strip_suffix("\r"))
+    line = pl.col("line").str.strip_suffix("\n")
+    # Most logs have no CRLF endings: a second pass over every line only where one does.
+    lines = lines.with_columns(line.str.strip_suffix("\r") if ends_with_cr.any() else line)
     if invalid.size:
         keep = np.ones(n, dtype=bool)
         keep[invalid] = False
