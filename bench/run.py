@@ -581,8 +581,8 @@ def report(results: list[SizeResult], started: datetime, commit: str, repeat: in
         "`pipeline.ingest.read_file` over the generator's gzip combined log (every line: page "
         "views, assets, health checks, bots, malformed lines), in its own process, loading "
         "nothing: lines/s over the time spent in the reader, which inflates in a thread and "
-        "parses two blocks of lines at once (`journeymap run` reads the next batch while it "
-        "loads one: its ingest stage counts only the wait for a batch); the whole process "
+        "parses two blocks of lines at once, a third queued (`journeymap run` reads the next "
+        "batch while it loads one: its ingest stage counts only the wait for a batch); the whole process "
         "(start-up included) beside it.",
         "",
         "| lines | reader s | lines/s | process wall s | process lines/s | peak MB |",
