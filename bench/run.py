@@ -582,8 +582,8 @@ def report(results: list[SizeResult], started: datetime, commit: str, repeat: in
         "views, assets, health checks, bots, malformed lines), in its own process, loading "
         "nothing: lines/s over the time spent in the reader, which inflates in a thread and "
         "parses two blocks of lines at once, a third queued (`journeymap run` reads the next "
-        "batch while it loads one: its ingest stage counts only the wait for a batch); the whole process "
-        "(start-up included) beside it.",
+        "batch while it loads one: its ingest stage counts only the wait for a batch); the "
+        "whole process (start-up included) beside it.",
         "",
         "| lines | reader s | lines/s | process wall s | process lines/s | peak MB |",
         "|---:|---:|---:|---:|---:|---:|",
