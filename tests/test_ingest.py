@@ -618,61 +618,55 @@ def test_tiny_blocks_and_batches_read_what_one_block_reads(
     assert sum(n_reads) == events.height + quarantine.height
 
 
+class _Jobs:
+    """Jobs that sleep, counting how many run at once and which have started."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.lock = threading.Lock()
+        self.running = self.peak = 0
+        self.started: list[int] = []
+        self.fail_at = fail_at
+
+    def job(self, i: int, pause: float) -> int:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.started.append(i)
+        time.sleep(pause)
+        with self.lock:
+            self.running -= 1
+        if i == self.fail_at:
+            raise ValueError(f"job {i} failed")
+        return i
+
+
 def test_in_order_yields_results_in_job_order_with_bounded_concurrency():
     """Jobs that finish out of order still come back in order, never more than `workers`
     under way at once; a job's error is raised at its turn, after the results before it."""
-    lock = threading.Lock()
-    running = peak = 0
-
-    def job(i: int, pause: float):
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(pause)
-        with lock:
-            running -= 1
-        if i == 4:
-            raise ValueError("job 4 failed")
-        return i
-
+    tally = _Jobs(fail_at=4)
     # Earlier jobs sleep longer, so later ones finish first.
-    jobs = (partial(job, i, 0.05 * (6 - i)) for i in range(6))
+    jobs = (partial(tally.job, i, 0.05 * (6 - i)) for i in range(6))
     results = []
     with pytest.raises(ValueError, match="job 4 failed"):
         for result in ingest.in_order(jobs, workers=3):
             results.append(result)
     assert results == [0, 1, 2, 3]
-    assert peak == 3
+    assert tally.peak == 3
 
 
 @pytest.mark.parametrize("queued", [0, 1, 2])
 def test_in_order_queues_jobs_beyond_its_workers_without_running_more(queued):
     """With `queued` jobs waiting, a worker whose job ends early starts the next one before
     the earlier result is taken; still no more than `workers` run at once."""
-    lock = threading.Lock()
-    running = peak = 0
-    started: list[int] = []
-
-    def job(i: int, pause: float):
-        nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-            started.append(i)
-        time.sleep(pause)
-        with lock:
-            running -= 1
-        return i
-
+    tally = _Jobs()
     # Job 0 is slow; the others end soon, so one worker is free while job 0 runs.
-    jobs = (partial(job, i, 0.3 if i == 0 else 0.02) for i in range(6))
+    jobs = (partial(tally.job, i, 0.3 if i == 0 else 0.02) for i in range(6))
     results = ingest.in_order(jobs, workers=2, queued=queued)
     assert next(results) == 0
     # While job 0 ran, the free worker ran every job handed over: the second, then the queued.
-    assert sorted(started) == list(range(2 + queued))
+    assert sorted(tally.started) == list(range(2 + queued))
     assert list(results) == [1, 2, 3, 4, 5]
-    assert peak == 2
+    assert tally.peak == 2
 
 
 def test_in_order_closes_its_jobs_when_the_consumer_stops_early():
