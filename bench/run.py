@@ -643,7 +643,7 @@ def scale_section(scale: dict | None) -> list[str]:
         "by partitions: sessionise works on whole persons, the journey marts on whole "
         "sessions, about `sessions.partition_events` "
         f"({scale['partition_events']:,}) at a time; the run's DuckDB connection is "
-        f"capped at {scale.get('duckdb_memory_limit', '1GB')} and spills beyond it.",
+        f"capped at {scale['duckdb_memory_limit']} and spills beyond it.",
         "",
         "| events | rows read | wall s | peak MB | rows/s | sessions | journey steps "
         "| transitions |",

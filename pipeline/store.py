@@ -620,18 +620,18 @@ def _as_read(events: pl.DataFrame) -> pl.DataFrame:
 SPILL_BATCH_ROWS = 250_000
 # Rows all partitions' held shares come to at most, split evenly between the partitions...
 SPILL_HELD_ROWS = 500_000
-# ...but a partition's write holds at least DICTIONARY_WRITE_ROWS and at most SPILL_WRITE_ROWS
+# ...but a partition's write holds at least SPILL_MIN_WRITE_ROWS and at most SPILL_WRITE_ROWS
 # rows (its last may hold fewer): small writes cost more to write and to read back, and each
 # carries its own dictionaries.
 SPILL_WRITE_ROWS = 50_000
-DICTIONARY_WRITE_ROWS = 20_000
+SPILL_MIN_WRITE_ROWS = 20_000
 
 
 def spill_write_rows(n_parts: int) -> int:
     """Rows of one partition `write_partitions` writes at once (the last write may be fewer):
     25k for the 20 partitions of 10M events, 20k from 25 partitions on, so the held shares
     then grow with the run (4M rows at 100M events, 200 partitions)."""
-    return max(DICTIONARY_WRITE_ROWS, min(SPILL_WRITE_ROWS, SPILL_HELD_ROWS // n_parts))
+    return max(SPILL_MIN_WRITE_ROWS, min(SPILL_WRITE_ROWS, SPILL_HELD_ROWS // n_parts))
 
 
 def write_partitions(

@@ -270,6 +270,7 @@ def _scale(small_wall: float, large_wall: float, large_peak: int) -> dict:
         "date": "2026-11-23 12:00 UTC",
         "commit": "abc1234",
         "partition_events": 1_000_000,
+        "duckdb_memory_limit": "256MB",
         "runs": runs,
     }
 
