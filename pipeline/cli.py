@@ -327,7 +327,7 @@ def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, i
                 sessions = sessions.filter(pl.col("person_id").is_in(persons))
                 steps = steps.join(sessions.select("session_id"), on="session_id", how="semi")
             n_persons += sessions["person_id"].n_unique()
-            sessions, steps, journey_steps = map_journeys(sessions, steps, cfg)
+            sessions, steps, journey_steps = journeys.map_journeys(sessions, steps, cfg)
             write(store.insert_sessions, sessions, steps, journey_steps)
             if not incremental:
                 if cfg.bots.exclude_from_journeys:
@@ -389,40 +389,6 @@ def _partition_reader(con, n_parts: int, incremental: bool):
         yield lambda part: store.read_partition(folder, part)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def map_journeys(
-    sessions: pl.DataFrame, steps: pl.DataFrame, cfg: Config
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Touchpoints and collapsed journey steps of sessionised steps (per session).
-
-    Returns sessions and steps again because `conversion.touchpoint` can mark more steps as
-    conversions once touchpoints are known; every mart then uses the same definition.
-    """
-    rules = touchpoints.effective_rules(cfg)
-    mapped = (
-        touchpoints.assign_touchpoints(
-            steps.lazy(), rules, conversion_touchpoint=cfg.conversion.touchpoint
-        )
-        .collect(engine=sessionize.IN_MEMORY)
-        .rechunk()
-    )
-    if cfg.conversion.touchpoint:
-        steps = steps.with_columns(is_conversion=mapped["is_conversion"])
-        converted = mapped.group_by("session_id").agg(by_touchpoint=pl.col("is_conversion").any())
-        sessions = (
-            sessions.join(converted, on="session_id", how="left")
-            .with_columns(
-                is_converted=pl.col("is_converted") | pl.col("by_touchpoint").fill_null(False)
-            )
-            .drop("by_touchpoint")
-        )
-    if cfg.bots.exclude_from_journeys:
-        # Bot sessions are few: a set lookup per step costs a fraction of a join.
-        bot_sessions = sessions.filter(pl.col("is_bot"))["session_id"]
-        mapped = mapped.filter(~pl.col("session_id").is_in(bot_sessions.implode()))
-    journey_steps = journeys.collapse_repeats(mapped.lazy()).collect(engine=sessionize.IN_MEMORY)
-    return sessions, steps, journey_steps
 
 
 def _journey_pieces(con, cfg: Config, summary: RunSummary, progress) -> journeys.MartPieces:

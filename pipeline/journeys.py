@@ -17,6 +17,8 @@ from typing import TypeVar
 
 import polars as pl
 
+from pipeline import touchpoints
+from pipeline.config import Config
 from pipeline.graph import CONVERSION, EXIT, START, wilson_bounds
 from pipeline.schemas import JOURNEY_STEPS
 from pipeline.sessionize import IN_MEMORY, in_seconds
@@ -29,6 +31,40 @@ PATH_SEPARATOR = " > "
 Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 JOURNEY_STEPS_SCHEMA = JOURNEY_STEPS.columns
+
+
+def map_journeys(
+    sessions: pl.DataFrame, steps: pl.DataFrame, cfg: Config
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Touchpoints and collapsed journey steps of sessionised steps (per session).
+
+    Returns sessions and steps again because `conversion.touchpoint` can mark more steps as
+    conversions once touchpoints are known; every mart then uses the same definition.
+    """
+    rules = touchpoints.effective_rules(cfg)
+    mapped = (
+        touchpoints.assign_touchpoints(
+            steps.lazy(), rules, conversion_touchpoint=cfg.conversion.touchpoint
+        )
+        .collect(engine=IN_MEMORY)
+        .rechunk()
+    )
+    if cfg.conversion.touchpoint:
+        steps = steps.with_columns(is_conversion=mapped["is_conversion"])
+        converted = mapped.group_by("session_id").agg(by_touchpoint=pl.col("is_conversion").any())
+        sessions = (
+            sessions.join(converted, on="session_id", how="left")
+            .with_columns(
+                is_converted=pl.col("is_converted") | pl.col("by_touchpoint").fill_null(False)
+            )
+            .drop("by_touchpoint")
+        )
+    if cfg.bots.exclude_from_journeys:
+        # Bot sessions are few: a set lookup per step costs a fraction of a join.
+        bot_sessions = sessions.filter(pl.col("is_bot"))["session_id"]
+        mapped = mapped.filter(~pl.col("session_id").is_in(bot_sessions.implode()))
+    journey_steps = collapse_repeats(mapped.lazy()).collect(engine=IN_MEMORY)
+    return sessions, steps, journey_steps
 
 
 def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
