@@ -5,8 +5,8 @@ whole persons (`sessionize.with_person_partition`, about `sessions.partition_eve
 each), spilled to a file per partition in one streaming pass as the run spills stored events,
 then per partition `sessionize`, `journeys.map_journeys` and the edges and counts of
 `journey_marts`, with `definitions.core_config()`; the counts of the partitions are added up
-(their sessions are disjoint). Unlike the run, two partitions are worked on at once (see
-PARTITION_WORKERS). Memory holds their work, never all the events.
+(their sessions are disjoint). Unlike the run, two partitions are worked on at once and a
+third waits to start (see PARTITION_WORKERS). Memory holds their work, never all the events.
 Exact duplicates are dropped per partition (`schemas.without_duplicate_rows`; identical rows
 share a person, so a partition); journeymap drops them when it loads events into its store,
 which this job does not use.

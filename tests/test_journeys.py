@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from pipeline import journeys, schemas
+from pipeline.config import Config, ConversionConfig
 from pipeline.journeys import CONVERSION, EXIT, START
 
 T0 = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
@@ -105,6 +106,42 @@ def journey_steps_frame(rows: list[tuple]) -> pl.DataFrame:
 
 def transitions_frame(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=TRANSITION_SCHEMA, orient="row")
+
+
+# ----------------------------------------------------------------------------- map_journeys
+
+
+def test_map_journeys_marks_touchpoint_conversions_and_leaves_bots_out_of_journeys():
+    """With `conversion.touchpoint = "cart"`, a cart step converts although its URL and event
+    type do not: the human session s1 (/ then /cart twice) and the bot session s2 (/cart)
+    both become converted. s1's journey is home > cart, cut after its first cart step (the
+    second is service, not a repeat); the bot's session has no journey."""
+    cfg = Config(conversion=ConversionConfig(touchpoint="cart"))
+    session_steps = pl.DataFrame(
+        [
+            ("s1", 1, at(0), "e1", "a1", "/", "page_view", 200, False),
+            ("s1", 2, at(10), "e2", "a1", "/cart", "page_view", 200, False),
+            ("s1", 3, at(20), "e3", "a1", "/cart", "page_view", 200, False),
+            ("s2", 1, at(5), "e4", "b1", "/cart", "page_view", 200, False),
+        ],
+        schema=schemas.SESSION_STEPS.columns,
+        orient="row",
+    )
+    session_rows = pl.DataFrame(
+        {"session_id": ["s1", "s2"], "is_bot": [False, True], "is_converted": [False, False]}
+    )
+
+    sessions, steps, journey_steps = journeys.map_journeys(session_rows, session_steps, cfg)
+
+    assert steps["is_conversion"].to_list() == [False, True, True, True]
+    assert sessions.sort("session_id")["is_converted"].to_list() == [True, True]
+    expected = journey_steps_frame(
+        [
+            ("s1", 1, "home", "orientation", 0, 0, 0, 0, False),
+            ("s1", 2, "cart", "purchase", 10, 10, 0, 0, True),
+        ]
+    )
+    assert_frame_equal(journey_steps, expected)
 
 
 # ------------------------------------------------------------------------- collapse_repeats
