@@ -1421,16 +1421,3 @@ def _empty_bad() -> pl.DataFrame:
 
 def _no_issues() -> pl.DataFrame:
     return pl.DataFrame(schema=FIELD_ISSUES.columns)
-
-
-def gzip_members(path: Path) -> int:
-    """Number of gzip members in a file (for diagnostics and tests)."""
-    count = 0
-    with open(path, "rb") as fh:
-        data = fh.read()
-    while data:
-        d = isal_zlib.decompressobj(wbits=31)
-        d.decompress(data)
-        count += 1
-        data = d.unused_data
-    return count

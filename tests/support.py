@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zlib
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +15,18 @@ def without_limit(cfg: Config) -> Config:
     """`cfg` with no quarantine limit: for tests about what is quarantined, where a file of
     nothing but bad rows must still load (the limit has its own tests)."""
     return dataclasses.replace(cfg, input=dataclasses.replace(cfg.input, max_quarantined_share=1.0))
+
+
+def gzip_members(data: bytes) -> list[bytes]:
+    """The inflated members of gzip `data`, in order (logrotate and `cat a.gz b.gz` make
+    several); each member must end, not be cut short."""
+    members = []
+    while data:
+        member = zlib.decompressobj(wbits=31)
+        members.append(member.decompress(data) + member.flush())
+        assert member.eof, "a gzip member is cut short"
+        data = member.unused_data
+    return members
 
 
 def write_hostile_sessions(

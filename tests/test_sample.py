@@ -11,13 +11,13 @@ import functools
 import gzip
 import json
 import re
-import zlib
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
+from support import gzip_members
 
 from pipeline.config import ConversionConfig, load_config
 from pipeline.sample import (
@@ -197,12 +197,7 @@ def test_every_format_is_written_by_default(sample):
 def test_access_log_is_two_gzip_members_read_to_the_end(sample):
     """The gzip holds two members; both decompress and the second is not empty."""
     out, _ = sample
-    rest, members = (out / FILE_NAMES["combined"]).read_bytes(), []
-    while rest:
-        member = zlib.decompressobj(wbits=31)
-        members.append(member.decompress(rest) + member.flush())
-        assert member.eof
-        rest = member.unused_data
+    members = gzip_members((out / FILE_NAMES["combined"]).read_bytes())
     assert len(members) == 2
     assert all(m.endswith(b"\n") and m.count(b"\n") > 1000 for m in members)
     assert b"".join(members) == gzip.decompress((out / FILE_NAMES["combined"]).read_bytes())
