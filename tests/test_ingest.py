@@ -234,6 +234,48 @@ def test_invalid_utf8_is_quarantined_with_escaped_bytes(tmp_path, fmt, good, bad
     assert "\ufffd" not in raw
 
 
+# Pieces of a line: ASCII, valid multi-byte characters, and sequences that are not UTF-8.
+LINE_PIECES = [b"GET /a?q=1 ", b"\r", "é".encode(), "€".encode(), "😀".encode()]
+NOT_UTF8 = [b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf", b"\x80"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=st.lists(
+        st.lists(st.sampled_from(LINE_PIECES + NOT_UTF8), max_size=6).map(b"".join), max_size=12
+    ),
+    final_newline=st.booleans(),
+    alone=st.booleans(),
+)
+def test_lines_that_are_not_utf8_are_exactly_those_quarantined_as_invalid_utf8(
+    lines, final_newline, alone
+):
+    """Whether a block's lines with non-ASCII bytes are decoded one by one or the block in
+    windows, the lines quarantined as invalid_utf8 are those that do not decode, and every
+    other line is kept or quarantined for another reason."""
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    if not data:
+        return
+
+    def decodes(line: bytes) -> bool:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    expected = [i + 1 for i, line in enumerate(data.split(b"\n")) if not decodes(line)]
+    with pytest.MonkeyPatch.context() as patch:
+        # A window of a few bytes: the windowed decode crosses many windows in a short block.
+        patch.setattr(ingest, "UTF8_WINDOW_BYTES", 8)
+        patch.setattr(ingest, "UTF8_LINES_ALONE", 10**6 if alone else 0)
+        chunk = ingest._split_lines(data, 0, 1000, None)
+    rejected = chunk.quarantine.filter(pl.col("reason") == "invalid_utf8")
+    assert rejected["source_line"].to_list() == expected
+    assert chunk.n_read == data.count(b"\n") + (not data.endswith(b"\n"))
+    assert chunk.lines.height + chunk.quarantine.height == chunk.n_read
+
+
 def test_blank_lines_are_empty_line(tmp_path):
     """Blank and whitespace-only lines are quarantined as empty_line, not skipped."""
     path = write(tmp_path, "access.log", "\n" + clf() + "\n   \n\t\r\n" + clf(request="GET /b"))
