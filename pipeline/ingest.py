@@ -565,9 +565,6 @@ def _split_lines(
 
 
 UTF8_WINDOW_BYTES = 1 << 20
-# Up to this many lines with a byte above 0x7f, a block's lines are decoded one by one;
-# beyond it, the whole block is decoded in windows.
-UTF8_LINES_ALONE = 2_000
 
 
 def _invalid_utf8_lines(
@@ -575,27 +572,14 @@ def _invalid_utf8_lines(
 ) -> np.ndarray:
     """Indices of the lines holding bytes that are not UTF-8 (usually none).
 
-    ASCII is UTF-8, and a newline cannot fall inside a multi-byte character: only the lines
-    with a byte above 0x7f need decoding, each on its own. Logs percent-encode their URLs, so
-    such lines are usually a handful (42 of the 68k lines in a 16 MiB block of the generated
-    log): decoding them alone took 4 ms a block, the whole block 13 ms. Where they are many,
-    the block is decoded in windows of about 1 MiB ending at a line break: a decode error
-    copies the whole input it was given into the exception, so one big decode would cost
-    O(size) per bad line.
+    Decodes in windows of about 1 MiB ending at a line break: a decode error copies the
+    whole input it was given into the exception, so one big decode would cost O(size) per
+    bad line.
     """
     if not len(buf) or buf.max() < 0x80:
         return np.empty(0, dtype=np.int64)
-    # The line of each such byte: the first whose end (its newline) is at or after it.
-    candidates = np.unique(np.searchsorted(ends, np.flatnonzero(buf >= 0x80), side="left"))
-    view = memoryview(data)
     bad: list[int] = []
-    if len(candidates) <= UTF8_LINES_ALONE:
-        for i in candidates.tolist():
-            try:
-                str(view[starts[i] : ends[i]], "utf-8")
-            except UnicodeDecodeError:
-                bad.append(i)
-        return np.array(bad, dtype=np.int64)
+    view = memoryview(data)
     pos = 0
     size = len(data)
     while pos < size:

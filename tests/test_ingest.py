@@ -245,14 +245,13 @@ NOT_UTF8 = [b"\xff", b"\xc3", b"\xe2\x82", b"\xed\xa0\x80", b"\xc0\xaf", b"\x80"
         st.lists(st.sampled_from(LINE_PIECES + NOT_UTF8), max_size=6).map(b"".join), max_size=12
     ),
     final_newline=st.booleans(),
-    alone=st.booleans(),
 )
 def test_lines_that_are_not_utf8_are_exactly_those_quarantined_as_invalid_utf8(
-    lines, final_newline, alone
+    lines, final_newline
 ):
-    """Whether a block's lines with non-ASCII bytes are decoded one by one or the block in
-    windows, the lines quarantined as invalid_utf8 are those that do not decode, and every
-    other line is kept or quarantined for another reason."""
+    """The lines quarantined as invalid_utf8 are those that do not decode, however the bad
+    bytes fall across the decoder's windows, and every other line is kept or quarantined
+    for another reason."""
     data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
     if not data:
         return
@@ -266,9 +265,8 @@ def test_lines_that_are_not_utf8_are_exactly_those_quarantined_as_invalid_utf8(
 
     expected = [i + 1 for i, line in enumerate(data.split(b"\n")) if not decodes(line)]
     with pytest.MonkeyPatch.context() as patch:
-        # A window of a few bytes: the windowed decode crosses many windows in a short block.
+        # A window of a few bytes: a short block crosses many windows.
         patch.setattr(ingest, "UTF8_WINDOW_BYTES", 8)
-        patch.setattr(ingest, "UTF8_LINES_ALONE", 10**6 if alone else 0)
         chunk = ingest._split_lines(data, 0, 1000, None)
     rejected = chunk.quarantine.filter(pl.col("reason") == "invalid_utf8")
     assert rejected["source_line"].to_list() == expected
