@@ -53,8 +53,8 @@ RUN_MEMORY_LIMIT = "256MB"
 # Memory DuckDB's block allocator keeps once it has it, rather than handing each freed block
 # back to malloc and the system: a run appends block after block, and memory fresh from the
 # kernel costs CPU time. As much as the run's cap: at 10M events, 4.0M page faults instead
-# of 5.5M, 10 s of system time instead of 13 s, and the run 59.4-60.5 s against 60.1-63.5 s,
-# with the same peak (1.45-1.53 GB).
+# of 5.5M, 10 s of system time instead of 13 s, and the run 59.4-60.5 s against 60.1-63.5 s;
+# peaks of 1.45-1.56 GB in nine runs against 1.45-1.52 GB in four (see bench/NOTES.md).
 RUN_BLOCK_MEMORY = RUN_MEMORY_LIMIT
 
 _DUCK_TYPES = {

@@ -636,6 +636,31 @@ def test_allocator_keeps_freed_memory_unless_the_user_chooses_a_decay():
     assert pipeline.allocator_setting(f"{polars_default},dirty_decay_ms:0") == "dirty_decay_ms:0"
 
 
+def test_the_runs_connection_keeps_freed_blocks_up_to_its_memory_cap(tmp_path):
+    """A run's DuckDB connection keeps the blocks it frees, as many as its cap allows; a
+    reading connection keeps none."""
+    workspace = store.open_workspace(tmp_path / "j.duckdb")
+    try:
+        con = store.connect_work(workspace)
+        try:
+            kept, cap = con.execute(
+                "select current_setting('block_allocator_memory'), current_setting('memory_limit')"
+            ).fetchone()
+        finally:
+            store.close(con)
+        reader = store.connect(tmp_path / "other.duckdb")
+        try:
+            (kept_by_reader,) = reader.execute(
+                "select current_setting('block_allocator_memory')"
+            ).fetchone()
+        finally:
+            store.close(reader)
+    finally:
+        store.release_workspace(workspace)
+    assert kept == cap == "244.1 MiB"  # 256MB, as DuckDB prints it
+    assert kept_by_reader == "0 bytes"
+
+
 def test_polars_allocator_runs_with_journeymaps_decay_when_journeymap_is_imported_first():
     """In a fresh process, as the CLI starts: jemalloc's own statistics report the decay."""
     env = {**os.environ, "_RJEM_MALLOC_CONF": "stats_print:true"}
