@@ -70,7 +70,7 @@ def main(events_path: Path, out: Path, partition_events: int | None = None) -> N
     # buffers with its steps, and holding them would hold every partition's steps.
     with (
         contextlib.closing(SessionWriter(out / "sessions.parquet")) as sessions_out,
-        contextlib.closing(in_order(jobs, PARTITION_WORKERS, QUEUED_PARTITIONS)) as done,
+        contextlib.closing(in_order(jobs, PARTITION_WORKERS, queued=QUEUED_PARTITIONS)) as done,
     ):
         for transition_counts, sessions, n_part_events, n_part_sessions in done:
             transition_parts.append(transition_counts)
@@ -104,7 +104,10 @@ def core_job(cfg, part: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int, 
     )
     sessions, steps = sessionize.sessionize(part.lazy(), cfg)
     sessions, steps, journey_steps = journeys.map_journeys(sessions, steps, cfg)
-    journey_sessions = sessions.filter(~pl.col("is_bot"))
+    # As `journeymap run` builds its marts: bot sessions leave the journeys if the config says so.
+    journey_sessions = (
+        sessions.filter(~pl.col("is_bot")) if cfg.bots.exclude_from_journeys else sessions
+    )
     edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy(), segments=False)
     return (
         journeys.count_transitions(edges).collect(),
