@@ -119,7 +119,8 @@ class Workspace:
 
 
 def connect_work(workspace: Workspace) -> duckdb.DuckDBPyConnection:
-    """The run's connection to its work file, capped at RUN_MEMORY_LIMIT."""
+    """The run's connection to its work file, capped at RUN_MEMORY_LIMIT, keeping up to
+    RUN_BLOCK_MEMORY of the blocks it frees."""
     con = connect(workspace.work_path, memory_limit=RUN_MEMORY_LIMIT)
     con.execute(f"set block_allocator_memory = '{RUN_BLOCK_MEMORY}'")
     return con
