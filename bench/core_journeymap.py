@@ -104,10 +104,7 @@ def core_job(cfg, part: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int, 
     )
     sessions, steps = sessionize.sessionize(part.lazy(), cfg)
     sessions, steps, journey_steps = journeys.map_journeys(sessions, steps, cfg)
-    # As `journeymap run` builds its marts: bot sessions leave the journeys if the config says so.
-    journey_sessions = (
-        sessions.filter(~pl.col("is_bot")) if cfg.bots.exclude_from_journeys else sessions
-    )
+    journey_sessions = journeys.journey_sessions(sessions, cfg)
     edges = journeys.journey_edges(journey_steps.lazy(), journey_sessions.lazy(), segments=False)
     return (
         journeys.count_transitions(edges).collect(),

@@ -330,9 +330,8 @@ def _sessionise_in_partitions(con, cfg: Config, summary: RunSummary, progress, i
             sessions, steps, journey_steps = journeys.map_journeys(sessions, steps, cfg)
             write(store.insert_sessions, sessions, steps, journey_steps)
             if not incremental:
-                if cfg.bots.exclude_from_journeys:
-                    sessions = sessions.filter(~pl.col("is_bot"))
-                pieces = journeys.add_piece(pieces, journeys.mart_pieces(journey_steps, sessions))
+                counted = journeys.journey_sessions(sessions, cfg)
+                pieces = journeys.add_piece(pieces, journeys.mart_pieces(journey_steps, counted))
     return n_persons, (None if incremental else journeys.merge_weighted(pieces))
 
 

@@ -67,6 +67,12 @@ def map_journeys(
     return sessions, steps, journey_steps
 
 
+def journey_sessions(sessions: pl.DataFrame, cfg: Config) -> pl.DataFrame:
+    """The sessions the journey marts count: bots' left out under
+    `bots.exclude_from_journeys`, as `map_journeys` leaves out their journey steps."""
+    return sessions.filter(~pl.col("is_bot")) if cfg.bots.exclude_from_journeys else sessions
+
+
 def collapse_repeats(touchpoint_steps: pl.LazyFrame) -> pl.LazyFrame:
     """One row per journey step: consecutive repeats of a touchpoint merged, cut after the
     first conversion.
