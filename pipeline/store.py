@@ -50,12 +50,6 @@ DUCKDB_MEMORY_LIMIT = "1GB"
 # table blocks it did not need: at 10M events a run took as long with 256 MB as with 1 GB
 # (84 s and 83 s), peaking at 2.3 GB instead of 2.8 GB.
 RUN_MEMORY_LIMIT = "256MB"
-# Memory DuckDB's block allocator keeps once it has it, rather than handing each freed block
-# back to malloc and the system: a run appends block after block, and memory fresh from the
-# kernel costs CPU time. As much as the run's cap: at 10M events, 4.0M page faults instead
-# of 5.5M, 10 s of system time instead of 13 s, and the run 59.4-60.5 s against 60.1-63.5 s;
-# peaks of 1.45-1.56 GB in nine runs against 1.45-1.52 GB in four (see bench/NOTES.md).
-RUN_BLOCK_MEMORY = RUN_MEMORY_LIMIT
 
 _DUCK_TYPES = {
     pl.String: "varchar",
@@ -119,10 +113,14 @@ class Workspace:
 
 
 def connect_work(workspace: Workspace) -> duckdb.DuckDBPyConnection:
-    """The run's connection to its work file, capped at RUN_MEMORY_LIMIT, keeping up to
-    RUN_BLOCK_MEMORY of the blocks it frees."""
+    """The run's connection to its work file, capped at RUN_MEMORY_LIMIT, keeping as much of
+    the blocks it frees."""
     con = connect(workspace.work_path, memory_limit=RUN_MEMORY_LIMIT)
-    con.execute(f"set block_allocator_memory = '{RUN_BLOCK_MEMORY}'")
+    # Kept rather than handed back to malloc and the system: a run appends block after block,
+    # and memory fresh from the kernel costs CPU time. At 10M events: 4.0M page faults instead
+    # of 5.5M, 10 s of system time instead of 13 s, the run 59.4-60.5 s against 60.1-63.5 s;
+    # peaks of 1.45-1.56 GB in nine runs against 1.45-1.52 GB in four (see bench/NOTES.md).
+    con.execute(f"set block_allocator_memory = '{RUN_MEMORY_LIMIT}'")
     return con
 
 
