@@ -314,7 +314,19 @@ def _with_median_seconds(
     counts: pl.DataFrame, seconds: pl.DataFrame, by: str | None
 ) -> pl.DataFrame:
     keys = TRANSITION_COLUMNS if by is None else [by, *TRANSITION_COLUMNS]
-    medians = seconds.group_by(keys).agg(median_seconds=pl.col("seconds").median())
+    values = seconds.select(*keys, "seconds")
+    # One from-touchpoint at a time: a group-by median holds about 50 bytes a row while it
+    # runs, and it runs at the end of a run, over every transition (10M events: 3.6M rows,
+    # 230 MB for the five medians at once against 60-120 MB, for 0.3 s more).
+    medians = pl.concat(
+        [
+            values.filter(pl.col("from_touchpoint").eq_missing(touchpoint))
+            .group_by(keys)
+            .agg(median_seconds=pl.col("seconds").median())
+            for touchpoint in values["from_touchpoint"].unique()
+        ]
+        or [values.group_by(keys).agg(median_seconds=pl.col("seconds").median())]
+    )
     medians = medians.with_columns(pl.col(k).cast(pl.String) for k in keys)
     if by is not None:
         medians = medians.rename({by: "segment_value"})
