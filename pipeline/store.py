@@ -121,6 +121,13 @@ def connect_work(workspace: Workspace) -> duckdb.DuckDBPyConnection:
     # of 5.5M, 10 s of system time instead of 13 s, the run 59.4-60.5 s against 60.1-63.5 s;
     # peaks of 1.45-1.56 GB in nine runs against 1.45-1.52 GB in four (see bench/NOTES.md).
     con.execute(f"set block_allocator_memory = '{RUN_MEMORY_LIMIT}'")
+    # Appended row groups are checkpointed as they are, not merged with their neighbours:
+    # a partition's sessions fill about half a row group, and by default every checkpoint
+    # merged them with the next partition's, compressing the same sessions again and again.
+    # At 10M events, 20 partitions' inserts took 25 s with the merges and 12 s without, and
+    # the file was no larger (see bench/NOTES.md). Deleted rows still need the merges:
+    # `_vacuum` runs them after a partial delete.
+    con.execute("set max_vacuum_tasks = 0")
     return con
 
 
@@ -461,6 +468,18 @@ _CATEGORICAL = (
 def drop_run_events(con: duckdb.DuckDBPyConnection, run_id: int) -> None:
     """Take back the events a run staged (its quarantined rows stay)."""
     con.execute("delete from raw.events where run_id = ?", [run_id])
+    _vacuum(con)
+
+
+def _vacuum(con: duckdb.DuckDBPyConnection) -> None:
+    """Checkpoint with DuckDB's vacuum on, whatever the connection's setting (the run's is
+    off, see `connect_work`): rows deleted from a row group are reclaimed only by it."""
+    (tasks,) = con.execute("select current_setting('max_vacuum_tasks')").fetchone()
+    con.execute("reset max_vacuum_tasks")
+    try:
+        con.execute("checkpoint")
+    finally:
+        con.execute(f"set max_vacuum_tasks = {int(tasks)}")
 
 
 def count_late_events(con: duckdb.DuckDBPyConnection, run_id: int, late_days: int) -> int:
@@ -780,6 +799,9 @@ def delete_sessions(con: duckdb.DuckDBPyConnection, *, refresh_only: bool) -> No
         "delete from marts.sessions"
         + (" where person_id in (select person_id from refresh_persons)" if refresh_only else "")
     )
+    if refresh_only:
+        # Row groups left with no rows are dropped without it.
+        _vacuum(con)
 
 
 def insert_sessions(

@@ -661,6 +661,111 @@ def test_the_runs_connection_keeps_freed_blocks_up_to_its_memory_cap(tmp_path):
     assert kept_by_reader == "0 bytes"
 
 
+def _row_groups(con, table: str) -> int:
+    return con.execute(
+        f"select count(distinct row_group_id) from pragma_storage_info('{table}')"
+    ).fetchone()[0]
+
+
+def _append_and_checkpoint(con) -> int:
+    """Five inserts of 70k rows (DuckDB's row groups hold 122,880), each checkpointed as a
+    run's partitions are; the number of row groups the table is left with."""
+    con.execute("create table t (n bigint, s varchar)")
+    for i in range(5):
+        con.execute(
+            "insert into t select i, 'session-' || i from range(?, ?) r(i)",
+            [i * 70_000, (i + 1) * 70_000],
+        )
+        con.execute("checkpoint")
+    assert con.execute("select count(*), sum(n) from t").fetchone() == (
+        350_000,
+        sum(range(350_000)),
+    )
+    return _row_groups(con, "t")
+
+
+def test_the_runs_connection_keeps_each_appended_row_group_as_it_is(tmp_path):
+    """The run's connection never merges what it appends (each insert keeps its row group); any
+    other connection keeps DuckDB's default, which merges the older half-full row groups
+    (DuckDB 2.0 leaves the last few alone: five become four)."""
+    workspace = store.open_workspace(tmp_path / "j.duckdb")
+    try:
+        con = store.connect_work(workspace)
+        try:
+            n_by_run = _append_and_checkpoint(con)
+        finally:
+            store.close(con)
+    finally:
+        store.release_workspace(workspace)
+    other = store.connect(tmp_path / "other.duckdb")
+    try:
+        n_by_other = _append_and_checkpoint(other)
+    finally:
+        store.close(other)
+    assert n_by_run == 5
+    assert n_by_other < n_by_run
+
+
+def test_a_refresh_reclaims_the_rows_it_deletes_on_the_runs_connection(tmp_path):
+    """Deleting six persons of ten leaves 40 % of three row groups: DuckDB's vacuum, which the
+    run's connection otherwise leaves off, packs them into two."""
+    workspace = store.open_workspace(tmp_path / "j.duckdb")
+    try:
+        con = store.connect_work(workspace)
+        try:
+            store.ensure_schema(con)
+            con.execute(
+                "insert into marts.sessions (session_id, person_id) "
+                "select 's' || i, 'p' || (i % 10) from range(3 * 122880) r(i)"
+            )
+            con.execute("checkpoint")
+            assert _row_groups(con, "marts.sessions") == 3
+            con.execute(
+                "create temp table refresh_persons as select 'p' || i as person_id from range(6) r(i)"
+            )
+            store.delete_sessions(con, refresh_only=True)
+            assert _row_groups(con, "marts.sessions") == 2
+            assert (
+                con.execute(
+                    "select count(*), count(*) filter (where person_id in ('p6', 'p7', 'p8', 'p9')) "
+                    "from marts.sessions"
+                ).fetchone()
+                == (3 * 122880 * 4 // 10,) * 2
+            )
+            (tasks,) = con.execute("select current_setting('max_vacuum_tasks')").fetchone()
+            assert tasks == 0  # off again for what the run appends next
+        finally:
+            store.close(con)
+    finally:
+        store.release_workspace(workspace)
+
+
+def test_a_rejected_runs_events_are_reclaimed_on_the_runs_connection(tmp_path):
+    """The events of a rejected run are taken back, and the space they took with them."""
+    workspace = store.open_workspace(tmp_path / "j.duckdb")
+    try:
+        con = store.connect_work(workspace)
+        try:
+            store.ensure_schema(con)
+            con.execute(
+                "insert into raw.events (event_id, anonymous_id, run_id) "
+                "select 'e' || i, 'a' || i, case when i % 10 < 6 then 2 else 1 end "
+                "from range(3 * 122880) r(i)"
+            )
+            con.execute("checkpoint")
+            assert _row_groups(con, "raw.events") == 3
+            store.drop_run_events(con, 2)
+            assert _row_groups(con, "raw.events") == 2
+            assert con.execute("select count(*), max(run_id) from raw.events").fetchone() == (
+                3 * 122880 * 4 // 10,
+                1,
+            )
+        finally:
+            store.close(con)
+    finally:
+        store.release_workspace(workspace)
+
+
 def test_polars_allocator_runs_with_journeymaps_decay_when_journeymap_is_imported_first():
     """In a fresh process, as the CLI starts: jemalloc's own statistics report the decay."""
     env = {**os.environ, "_RJEM_MALLOC_CONF": "stats_print:true"}
