@@ -6,6 +6,7 @@ Counts in the expected summaries are worked out by hand from the log lines below
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -636,27 +637,34 @@ def test_allocator_keeps_freed_memory_unless_the_user_chooses_a_decay():
     assert pipeline.allocator_setting(f"{polars_default},dirty_decay_ms:0") == "dirty_decay_ms:0"
 
 
-def test_the_runs_connection_keeps_freed_blocks_up_to_its_memory_cap(tmp_path):
-    """A run's DuckDB connection keeps the blocks it frees, as many as its cap allows; a
-    reading connection keeps none."""
-    workspace = store.open_workspace(tmp_path / "j.duckdb")
+@contextlib.contextmanager
+def _runs_connection(db):
+    """A connection as `journeymap run` opens it (`store.connect_work` on a workspace)."""
+    workspace = store.open_workspace(db)
     try:
         con = store.connect_work(workspace)
         try:
-            kept, cap = con.execute(
-                "select current_setting('block_allocator_memory'), current_setting('memory_limit')"
-            ).fetchone()
+            yield con
         finally:
             store.close(con)
-        reader = store.connect(tmp_path / "other.duckdb")
-        try:
-            (kept_by_reader,) = reader.execute(
-                "select current_setting('block_allocator_memory')"
-            ).fetchone()
-        finally:
-            store.close(reader)
     finally:
         store.release_workspace(workspace)
+
+
+def test_the_runs_connection_keeps_freed_blocks_up_to_its_memory_cap(tmp_path):
+    """A run's DuckDB connection keeps the blocks it frees, as many as its cap allows; a
+    reading connection keeps none."""
+    with _runs_connection(tmp_path / "j.duckdb") as con:
+        kept, cap = con.execute(
+            "select current_setting('block_allocator_memory'), current_setting('memory_limit')"
+        ).fetchone()
+    reader = store.connect(tmp_path / "other.duckdb")
+    try:
+        (kept_by_reader,) = reader.execute(
+            "select current_setting('block_allocator_memory')"
+        ).fetchone()
+    finally:
+        store.close(reader)
     assert kept == cap == "244.1 MiB"  # 256MB, as DuckDB prints it
     assert kept_by_reader == "0 bytes"
 
@@ -688,15 +696,8 @@ def test_the_runs_connection_keeps_each_appended_row_group_as_it_is(tmp_path):
     """The run's connection never merges what it appends (each insert keeps its row group); any
     other connection keeps DuckDB's default, which merges the older half-full row groups
     (DuckDB 2.0 leaves the last few alone: five become four)."""
-    workspace = store.open_workspace(tmp_path / "j.duckdb")
-    try:
-        con = store.connect_work(workspace)
-        try:
-            n_by_run = _append_and_checkpoint(con)
-        finally:
-            store.close(con)
-    finally:
-        store.release_workspace(workspace)
+    with _runs_connection(tmp_path / "j.duckdb") as con:
+        n_by_run = _append_and_checkpoint(con)
     other = store.connect(tmp_path / "other.duckdb")
     try:
         n_by_other = _append_and_checkpoint(other)
@@ -709,61 +710,43 @@ def test_the_runs_connection_keeps_each_appended_row_group_as_it_is(tmp_path):
 def test_a_refresh_reclaims_the_rows_it_deletes_on_the_runs_connection(tmp_path):
     """Deleting six persons of ten leaves 40 % of three row groups: DuckDB's vacuum, which the
     run's connection otherwise leaves off, packs them into two."""
-    workspace = store.open_workspace(tmp_path / "j.duckdb")
-    try:
-        con = store.connect_work(workspace)
-        try:
-            store.ensure_schema(con)
-            con.execute(
-                "insert into marts.sessions (session_id, person_id) "
-                "select 's' || i, 'p' || (i % 10) from range(3 * 122880) r(i)"
-            )
-            con.execute("checkpoint")
-            assert _row_groups(con, "marts.sessions") == 3
-            con.execute(
-                "create temp table refresh_persons as select 'p' || i as person_id from range(6) r(i)"
-            )
-            store.delete_sessions(con, refresh_only=True)
-            assert _row_groups(con, "marts.sessions") == 2
-            assert (
-                con.execute(
-                    "select count(*), count(*) filter (where person_id in ('p6', 'p7', 'p8', 'p9')) "
-                    "from marts.sessions"
-                ).fetchone()
-                == (3 * 122880 * 4 // 10,) * 2
-            )
-            (tasks,) = con.execute("select current_setting('max_vacuum_tasks')").fetchone()
-            assert tasks == 0  # off again for what the run appends next
-        finally:
-            store.close(con)
-    finally:
-        store.release_workspace(workspace)
+    with _runs_connection(tmp_path / "j.duckdb") as con:
+        store.ensure_schema(con)
+        con.execute(
+            "insert into marts.sessions (session_id, person_id) "
+            "select 's' || i, 'p' || (i % 10) from range(3 * 122880) r(i)"
+        )
+        con.execute("checkpoint")
+        assert _row_groups(con, "marts.sessions") == 3
+        con.execute(
+            "create temp table refresh_persons as select 'p' || i as person_id from range(6) r(i)"
+        )
+        store.delete_sessions(con, refresh_only=True)
+        assert _row_groups(con, "marts.sessions") == 2
+        kept = con.execute(
+            "select count(*), count(*) filter (where person_id in ('p6', 'p7', 'p8', 'p9')) "
+            "from marts.sessions"
+        ).fetchone()
+        assert kept == (3 * 122880 * 4 // 10,) * 2
+        (tasks,) = con.execute("select current_setting('max_vacuum_tasks')").fetchone()
+        assert tasks == 0  # off again for what the run appends next
 
 
 def test_a_rejected_runs_events_are_reclaimed_on_the_runs_connection(tmp_path):
     """The events of a rejected run are taken back, and the space they took with them."""
-    workspace = store.open_workspace(tmp_path / "j.duckdb")
-    try:
-        con = store.connect_work(workspace)
-        try:
-            store.ensure_schema(con)
-            con.execute(
-                "insert into raw.events (event_id, anonymous_id, run_id) "
-                "select 'e' || i, 'a' || i, case when i % 10 < 6 then 2 else 1 end "
-                "from range(3 * 122880) r(i)"
-            )
-            con.execute("checkpoint")
-            assert _row_groups(con, "raw.events") == 3
-            store.drop_run_events(con, 2)
-            assert _row_groups(con, "raw.events") == 2
-            assert con.execute("select count(*), max(run_id) from raw.events").fetchone() == (
-                3 * 122880 * 4 // 10,
-                1,
-            )
-        finally:
-            store.close(con)
-    finally:
-        store.release_workspace(workspace)
+    with _runs_connection(tmp_path / "j.duckdb") as con:
+        store.ensure_schema(con)
+        con.execute(
+            "insert into raw.events (event_id, anonymous_id, run_id) "
+            "select 'e' || i, 'a' || i, case when i % 10 < 6 then 2 else 1 end "
+            "from range(3 * 122880) r(i)"
+        )
+        con.execute("checkpoint")
+        assert _row_groups(con, "raw.events") == 3
+        store.drop_run_events(con, 2)
+        assert _row_groups(con, "raw.events") == 2
+        kept = con.execute("select count(*), max(run_id) from raw.events").fetchone()
+        assert kept == (3 * 122880 * 4 // 10, 1)
 
 
 def test_polars_allocator_runs_with_journeymaps_decay_when_journeymap_is_imported_first():
