@@ -113,8 +113,9 @@ class Workspace:
 
 
 def connect_work(workspace: Workspace) -> duckdb.DuckDBPyConnection:
-    """The run's connection to its work file, capped at RUN_MEMORY_LIMIT, keeping as much of
-    the blocks it frees."""
+    """The run's connection to its work file: capped at RUN_MEMORY_LIMIT, keeping up to that
+    much of the blocks it frees, and checkpointing appended row groups without merging them
+    (deletes are vacuumed by `_vacuum`)."""
     con = connect(workspace.work_path, memory_limit=RUN_MEMORY_LIMIT)
     # Kept rather than handed back to malloc and the system: a run appends block after block,
     # and memory fresh from the kernel costs CPU time. At 10M events: 4.0M page faults instead
