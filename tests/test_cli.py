@@ -651,6 +651,16 @@ def _runs_connection(db):
         store.release_workspace(workspace)
 
 
+@contextlib.contextmanager
+def _plain_connection(db):
+    """A connection as the other commands open it (`store.connect`)."""
+    con = store.connect(db)
+    try:
+        yield con
+    finally:
+        store.close(con)
+
+
 def test_the_runs_connection_keeps_freed_blocks_up_to_its_memory_cap(tmp_path):
     """A run's DuckDB connection keeps the blocks it frees, as many as its cap allows; a
     reading connection keeps none."""
@@ -658,13 +668,10 @@ def test_the_runs_connection_keeps_freed_blocks_up_to_its_memory_cap(tmp_path):
         kept, cap = con.execute(
             "select current_setting('block_allocator_memory'), current_setting('memory_limit')"
         ).fetchone()
-    reader = store.connect(tmp_path / "other.duckdb")
-    try:
+    with _plain_connection(tmp_path / "other.duckdb") as reader:
         (kept_by_reader,) = reader.execute(
             "select current_setting('block_allocator_memory')"
         ).fetchone()
-    finally:
-        store.close(reader)
     assert kept == cap == "244.1 MiB"  # 256MB, as DuckDB prints it
     assert kept_by_reader == "0 bytes"
 
@@ -698,11 +705,8 @@ def test_the_runs_connection_keeps_each_appended_row_group_as_it_is(tmp_path):
     (DuckDB 2.0 leaves the last few alone: five become four)."""
     with _runs_connection(tmp_path / "j.duckdb") as con:
         n_by_run = _append_and_checkpoint(con)
-    other = store.connect(tmp_path / "other.duckdb")
-    try:
+    with _plain_connection(tmp_path / "other.duckdb") as other:
         n_by_other = _append_and_checkpoint(other)
-    finally:
-        store.close(other)
     assert n_by_run == 5
     assert n_by_other < n_by_run
 
